@@ -1,0 +1,76 @@
+"""The `unimmad-cl` command: a thin click shell over the library.
+
+Commands live in `unimmad_cl/commands/<area>.py` and are imported only when invoked, so that
+`unimmad-cl --help` and the registry commands never import torch, timm or avalanche.
+To add a command: write it in a commands module and add one line to `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import click
+
+from unimmad_cl.errors import UserError
+
+# command name -> "module:attribute" (a click.Command)
+COMMANDS: dict[str, str] = {
+    "info": "unimmad_cl.commands.model:info",
+}
+
+# One-line summaries for `--help`, kept here so listing commands imports nothing.
+SUMMARIES: dict[str, str] = {
+    "info": "Parameter breakdown of a model preset/config.",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SUMMARIES.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Workspace folder (env UNIMMAD_HOME; default ./unimmad-workspace).",
+)
+@click.option("--db", "db_url", default=None, help="Registry SQLAlchemy URL (env UNIMMAD_DB).")
+@click.version_option(package_name="unimmad-cl")
+@click.pass_context
+def main(ctx: click.Context, workspace: str | None, db_url: str | None) -> None:
+    """unimmad-cl: one UniMMAD anomaly-detection model that grows, task by task."""
+    ctx.ensure_object(dict)
+    ctx.obj["workspace"] = workspace or os.environ.get("UNIMMAD_HOME") or "unimmad-workspace"
+    ctx.obj["db_url"] = db_url or os.environ.get("UNIMMAD_DB")
+
+
+if __name__ == "__main__":
+    main()
