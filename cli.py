@@ -17,11 +17,23 @@ from unimmad_cl.errors import UserError
 # command name -> "module:attribute" (a click.Command)
 COMMANDS: dict[str, str] = {
     "info": "unimmad_cl.commands.model:info",
+    "init": "unimmad_cl.commands.registry:init",
+    "add-task": "unimmad_cl.commands.registry:add_task",
+    "tasks": "unimmad_cl.commands.registry:tasks",
+    "show-task": "unimmad_cl.commands.registry:show_task",
+    "remove-task": "unimmad_cl.commands.registry:remove_task",
+    "db": "unimmad_cl.commands.registry:db",
 }
 
 # One-line summaries for `--help`, kept here so listing commands imports nothing.
 SUMMARIES: dict[str, str] = {
     "info": "Parameter breakdown of a model preset/config.",
+    "init": "Create the workspace and registry; set the data root.",
+    "add-task": "Register a task (flags or --from FILE.yaml), checked against its data.",
+    "tasks": "List the registered tasks.",
+    "show-task": "Show one task: data, classes, modalities, samples, training state.",
+    "remove-task": "Unregister a task that has not been trained.",
+    "db": "Registry schema migrations: upgrade, downgrade, current.",
 }
 
 

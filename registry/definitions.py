@@ -1,0 +1,193 @@
+"""Task definitions (from `add-task` flags or YAML files), checked against the data.
+
+A definition becomes a `TaskSpec` only when its name is a safe identifier, its format and
+modalities are known, its data root exists, its classes are there and every class has
+training samples. The readers list the samples, so the counts stored with the task are what
+training will see. Nothing here writes: `registry.store.add_tasks` does, all or nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from registry.models import NAME_LENGTH
+from registry.store import SampleCounts, TaskSpec
+from unimmad_cl.data.modalities import check_modalities
+from unimmad_cl.data.readers import get_reader
+from unimmad_cl.errors import UserError
+
+# Names become file and folder names (heatmaps, reports), so no separators, dots or spaces.
+NAME_PATTERN = re.compile(rf"[A-Za-z_][A-Za-z0-9_-]{{0,{NAME_LENGTH - 1}}}")
+FIELD_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+DEFAULT_FORMAT = "folder"
+DEFAULT_FIELDS = {"bmad": "medical", "brats": "medical"}  # every other format: industrial
+DATA_ROOT_PLACEHOLDER = "${data_root}"
+KEYS = ("name", "format", "root", "modalities", "classes", "field", "loss_weight")
+
+
+def define_task(
+    name: str,
+    *,
+    data_root: str | Path,
+    format: str = DEFAULT_FORMAT,
+    root: str | Path | None = None,
+    modalities: Sequence[str] = (),
+    classes: Sequence[str] = (),
+    field: str | None = None,
+    loss_weight: float = 1.0,
+) -> TaskSpec:
+    """Check one definition against the modality table and the data; read its sample counts.
+
+    `root` defaults to `<data_root>/<name>`; `modalities` to the format's usual ones (the
+    `folder` format has none: its modalities must be named); `classes` to all found.
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise UserError(
+            f"task name {name!r} is not a safe identifier: use letters, digits, '_' and '-', "
+            f"starting with a letter or '_', at most {NAME_LENGTH} characters"
+        )
+    try:
+        return _define(name, data_root, format, root, modalities, classes, field, loss_weight)
+    except UserError as exc:
+        raise UserError(f"task {name!r}: {exc}") from None
+
+
+def _define(name, data_root, fmt, root, modalities, classes, field, loss_weight) -> TaskSpec:
+    reader = get_reader(fmt)
+    modalities = tuple(modalities) or reader.DEFAULT_MODALITIES
+    if not modalities:
+        raise UserError(f"format {fmt!r} needs the task's modalities (--modality, in order)")
+    modalities = check_modalities(modalities)
+    field = DEFAULT_FIELDS.get(fmt, "industrial") if field is None else field
+    if not isinstance(field, str) or not FIELD_PATTERN.fullmatch(field):
+        raise UserError(f"field {field!r} must be a lowercase word such as industrial or medical")
+    if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not (
+        math.isfinite(loss_weight) and loss_weight > 0
+    ):
+        raise UserError(f"loss weight {loss_weight!r} must be a positive number")
+
+    if root is None:
+        path = Path(data_root).expanduser().resolve() / name
+        if not path.is_dir():
+            raise UserError(
+                f"data root not found: {path} (the default <data-root>/<name>); give --root, "
+                "or set the data root with `unimmad-cl init --data-root DIR`"
+            )
+    else:
+        path = Path(root).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"data root not found: {path}")
+
+    found = reader.classes(path)
+    chosen = list(classes) or found
+    repeated = sorted({c for c in chosen if chosen.count(c) > 1})
+    if repeated:
+        raise UserError(f"class {repeated[0]!r} is given more than once")
+    for cls in chosen:
+        if cls not in found:
+            raise UserError(
+                f"class {cls!r} not found under {path} (format {fmt}); "
+                f"classes there: {', '.join(found)}"
+            )
+
+    train = reader.samples(path, chosen, modalities, "train")
+    test = reader.samples(path, chosen, modalities, "test")
+    with_train = {sample.cls for sample in train}
+    for cls in chosen:
+        if cls not in with_train:
+            raise UserError(f"class {cls!r} has no training samples under {path / cls}")
+    return TaskSpec(
+        name=name,
+        format=fmt,
+        root=str(path),
+        modalities=modalities,
+        classes=tuple(chosen),
+        field=field,
+        loss_weight=float(loss_weight),
+        samples=SampleCounts(
+            train=len(train),
+            test=len(test),
+            test_anomalous=sum(sample.label == 1 for sample in test),
+        ),
+    )
+
+
+def load_definitions(path: str | Path, *, data_root: str | Path) -> list[TaskSpec]:
+    """The tasks of a YAML file holding one definition (a mapping) or a list of them.
+
+    Keys: name, format, root, modalities, classes, field, loss_weight. A relative `root` is
+    relative to the file's folder; `${data_root}` in it stands for the workspace's data root.
+    Every definition is checked before any is returned, so a bad one stops them all.
+    """
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read task definitions {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"task definitions {path} are not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise UserError(f"task definitions {path} are not valid YAML{line}: {problem}") from None
+    entries = document if isinstance(document, list) else [document]
+    if not entries or not all(isinstance(entry, Mapping) for entry in entries):
+        raise UserError(
+            f"task definitions {path} must hold a mapping (one task) or a non-empty list of "
+            f"mappings with the keys {', '.join(KEYS)}"
+        )
+    names = [entry.get("name") for entry in entries]
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{path}: task name {repeated[0]!r} is defined more than once")
+    try:
+        return [_from_mapping(entry, path.parent, data_root) for entry in entries]
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _from_mapping(entry: Mapping[str, Any], base: Path, data_root: str | Path) -> TaskSpec:
+    unknown = sorted(str(key) for key in entry if key not in KEYS)
+    if unknown:
+        raise UserError(f"unknown key {unknown[0]!r} (keys: {', '.join(KEYS)})")
+    if "name" not in entry:
+        raise UserError("a task definition has no 'name'")
+    root = entry.get("root")
+    if root is not None:
+        if not isinstance(root, str):
+            raise UserError(f"'root' must be a path, got {root!r}")
+        root = root.replace(DATA_ROOT_PLACEHOLDER, str(data_root))
+        root = base / Path(root).expanduser()
+    return define_task(
+        entry["name"],
+        data_root=data_root,
+        format=_string(entry, "format", DEFAULT_FORMAT),
+        root=root,
+        modalities=_strings(entry, "modalities"),
+        classes=_strings(entry, "classes"),
+        field=entry.get("field"),
+        loss_weight=entry.get("loss_weight", 1.0),
+    )
+
+
+def _string(entry: Mapping[str, Any], key: str, default: str) -> str:
+    value = entry.get(key, default)
+    if not isinstance(value, str):
+        raise UserError(f"{key!r} must be a string, got {value!r}")
+    return value
+
+
+def _strings(entry: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = entry.get(key) or ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise UserError(f"{key!r} must be a list of names, got {value!r}")
+    return tuple(value)
