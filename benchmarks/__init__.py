@@ -1,0 +1,1 @@
+"""Benchmarks: one module per benchmark, run with `python -m benchmarks.<name>`; results in results/."""
