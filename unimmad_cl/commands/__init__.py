@@ -1,0 +1,1 @@
+"""CLI command implementations, one module per area; registered in the top-level cli.py."""

@@ -1,0 +1,186 @@
+"""Typed model configuration with named presets, overridable from YAML.
+
+`ModelConfig.preset("paper")` is the architecture of the UniMMAD paper (WideResNet-50-2, 256 px,
+E = 256, FCM width 512, 8 base experts, 32 MoE-Leaders, top-2, kernels 1/3/5, up to 4
+modalities). `tiny` keeps the same structure with a small backbone and small widths so that it
+trains on two CPU cores. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from unimmad_cl.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every architectural choice of UniMMAD. Field names follow the paper (spec/model.md)."""
+
+    # Prior generator and the general encoder's trainable copy: any timm CNN with
+    # `features_only` whose chosen stages have strides 4/8/16.
+    backbone: str = "wide_resnet50_2"
+    backbone_out_indices: tuple[int, ...] = (1, 2, 3)
+    # None: random init (loud warning); a path: local .safetensors/.pth; "hub": timm's hub.
+    backbone_weights: str | None = None
+    image_size: int = 256
+    max_modalities: int = 4
+    # Feature compression module: inner width E_f and the stride-32 bottleneck width.
+    fcm_width: int = 512
+    bottleneck_channels: int = 2048
+    # Reverse ResNet decoder: blocks per stage (stride 32->16, 16->8, 8->4) and the bottleneck
+    # width factor (2 for the "wide" de-ResNet of RD4AD).
+    decoder_depths: tuple[int, ...] = (3, 4, 6)
+    decoder_width_factor: int = 2
+    # Cross-MoE.
+    embed_dim: int = 256
+    num_base_experts: int = 8
+    num_leaders: int = 32
+    top_k: int = 2
+    kernel_sizes: tuple[int, ...] = (1, 3, 5)
+    gate_temperature: float = 1.0
+    # Losses.
+    focal_gamma: float = 2.0
+    z_loss_weight: float = 1e-4
+    # Inference.
+    blur_sigma: float = 4.0
+    blur_kernel_size: int = 15
+    top_fraction: float = 0.001
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelConfig":
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise UserError(
+                f"unknown preset {name!r}; expected one of: {', '.join(sorted(PRESETS))}"
+            ) from None
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes).validated()
+
+    def validated(self) -> "ModelConfig":
+        """Return self if every value is usable, else raise UserError naming the field."""
+        positive = (
+            "image_size", "max_modalities", "fcm_width", "bottleneck_channels", "embed_dim",
+            "num_base_experts", "num_leaders", "top_k", "decoder_width_factor",
+            "blur_kernel_size",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"config field {name}={getattr(self, name)!r}: expected > 0")
+        if self.top_k > self.num_leaders:
+            raise UserError(
+                f"config field top_k={self.top_k}: expected <= num_leaders={self.num_leaders}"
+            )
+        if self.max_modalities > 4:
+            raise UserError(f"config field max_modalities={self.max_modalities}: expected <= 4")
+        if any(k <= 0 or k % 2 == 0 for k in self.kernel_sizes) or not self.kernel_sizes:
+            raise UserError(
+                f"config field kernel_sizes={list(self.kernel_sizes)}: expected odd sizes > 0"
+            )
+        if self.image_size % 32:
+            raise UserError(
+                f"config field image_size={self.image_size}: expected a multiple of 32 "
+                "(the FCM compresses to stride 32)"
+            )
+        if len(self.backbone_out_indices) != 3 or len(self.decoder_depths) != 3:
+            raise UserError("config fields backbone_out_indices and decoder_depths: expected 3 values")
+        if self.blur_kernel_size % 2 == 0:
+            raise UserError(f"config field blur_kernel_size={self.blur_kernel_size}: expected odd")
+        if not 0 < self.top_fraction <= 1:
+            raise UserError(f"config field top_fraction={self.top_fraction}: expected in (0, 1]")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: "ModelConfig | None" = None) -> "ModelConfig":
+        """Overlay `data` on `base` (default: the class defaults = paper), checking names/types."""
+        base = base or cls()
+        known = {f.name: f for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise UserError(
+                    f"unknown model config field {key!r}; expected one of: {', '.join(sorted(known))}"
+                )
+            default = getattr(base, key)
+            if isinstance(default, tuple):
+                if not isinstance(value, (list, tuple)):
+                    raise UserError(f"config field {key}={value!r}: expected a list")
+                value = tuple(value)
+            elif isinstance(default, bool) or default is None:
+                pass
+            elif isinstance(default, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise UserError(f"config field {key}={value!r}: expected a number")
+                value = type(default)(value)
+            changes[key] = value
+        return dataclasses.replace(base, **changes).validated()
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(),
+    # resnet18 keeps the WRN's three-stage layout (strides 4/8/16, 64/128/256 channels) at a
+    # fraction of the cost; widths shrink so that a base epoch runs in seconds on a CPU.
+    "tiny": ModelConfig(
+        backbone="resnet18",
+        image_size=64,
+        fcm_width=48,
+        bottleneck_channels=256,
+        decoder_depths=(1, 1, 1),
+        decoder_width_factor=1,
+        embed_dim=32,
+        num_base_experts=4,
+        num_leaders=8,
+    ),
+}
+
+
+def load_model_config(preset: str = "tiny", config_file: str | Path | None = None) -> ModelConfig:
+    """A preset, optionally overlaid with the `model:` mapping (or the whole mapping) of a YAML file."""
+    config = ModelConfig.preset(preset)
+    if config_file is None:
+        return config
+    data = read_yaml_mapping(config_file)
+    section = data.get("model", data)
+    if not isinstance(section, dict):
+        raise UserError(f"{config_file}: the 'model' entry must be a mapping of config fields")
+    return ModelConfig.from_dict(section, base=config)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: expected a mapping at the top level")
+    return data

@@ -1,0 +1,206 @@
+"""UniMMAD: general → specific multi-modal anomaly detection.
+
+    images [B, M, 3, H, W] + modality_mask [B, M]
+      ├─ stacked, zero-padded [B, 3M, H, W] → InputEmbedding → GeneralEncoder → g_l  (per sample)
+      └─ each present modality alone [n, 3, H, W] → PriorGenerator (frozen) → p_l  (per pair)
+    CrossMoE_l(g_l, p_l) → d_l  (per pair);  loss: focal cosine(d_l, p_l) + load balance
+    inference: RSS over (l, modality) of 1 − cos(p_l, d_l), Gaussian blur, top-0.1 % mean
+
+A batch may mix samples with different modality sets: pairs are the True entries of
+`modality_mask`, gathered with one boolean index, and every per-sample result is gathered or
+scattered with `sample_index`; nothing loops over samples or experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unimmad_cl.config import ModelConfig
+from unimmad_cl.errors import UserError
+from unimmad_cl.model.backbone import PriorGenerator, build_backbone_pair, feature_channels
+from unimmad_cl.model.cmoe import ConditionRouter, CrossMoE, MoELeaders, Routing
+from unimmad_cl.model.embedding import InputEmbedding
+from unimmad_cl.model.encoder import GeneralEncoder
+from unimmad_cl.model.losses import annealing_factor, focal_cosine_loss, load_balance_loss
+from unimmad_cl.model.scoring import anomaly_map, gaussian_blur, image_score
+
+
+@dataclass
+class UniMMADOutput:
+    """Training-time outputs for n (sample, modality) pairs over L scales."""
+
+    priors: list[torch.Tensor]  # per scale [n, C_l, h_l, w_l], L2-normalized
+    decoded: list[torch.Tensor]  # per scale [n, C_l, h_l, w_l]
+    sample_index: torch.Tensor  # [n] sample of each pair
+    routings: list[list[Routing]]  # [scale][branch]
+    batch_size: int
+
+
+@dataclass
+class Prediction:
+    maps: torch.Tensor  # [B, H, W] blurred anomaly maps
+    scores: torch.Tensor  # [B] image anomaly scores
+    leader_counts: torch.Tensor  # [B, L, K, N_r] times each MoE-Leader was routed
+
+
+@dataclass
+class Losses:
+    total: torch.Tensor
+    consistency: torch.Tensor
+    load_balance: torch.Tensor
+
+
+class UniMMAD(nn.Module):
+    def __init__(self, config: ModelConfig, load_weights: bool = True):
+        """`load_weights=False` skips backbone weight loading (and its random-init warning):
+        for models whose full weights come from a checkpoint, and for counting parameters."""
+        super().__init__()
+        self.config = config.validated()
+        prior_extractor, trainable_copy = build_backbone_pair(config, load_weights=load_weights)
+        channels = feature_channels(prior_extractor)
+        self.channels = channels
+        self.embedding = InputEmbedding(config.max_modalities, config.image_size)
+        self.encoder = GeneralEncoder(trainable_copy, channels, config)
+        self.prior = PriorGenerator(prior_extractor)
+        self.cmoe = nn.ModuleList(
+            CrossMoE(
+                c,
+                config.embed_dim,
+                config.num_base_experts,
+                config.num_leaders,
+                config.top_k,
+                config.kernel_sizes,
+                config.gate_temperature,
+            )
+            for c in channels
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> UniMMADOutput:
+        """images `[B, M, 3, H, W]` (absent slots zero), modality_mask bool `[B, M]`."""
+        self._check_inputs(images, modality_mask)
+        batch_size = images.shape[0]
+        sample_index, slot = modality_mask.nonzero(as_tuple=True)
+        # An encoder without trainable parameters (incremental stages) runs without autograd.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._encoder_trains()):
+            general = self.encoder(self.embedding(images.flatten(1, 2)))
+        priors = self.prior(images[sample_index, slot])
+        general = [F.normalize(g, dim=1) for g in general]
+        priors = [F.normalize(p.float(), dim=1).to(p.dtype) for p in priors]
+        use_cache = not self.training and not torch.is_grad_enabled()
+        decoded, routings = [], []
+        for moe, g, p in zip(self.cmoe, general, priors):
+            d, r = moe(g, p, sample_index, use_cache=use_cache)
+            decoded.append(d)
+            routings.append(r)
+        return UniMMADOutput(priors, decoded, sample_index, routings, batch_size)
+
+    def _check_inputs(self, images: torch.Tensor, modality_mask: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.max_modalities, 3, c.image_size, c.image_size)
+        if images.dim() != 5 or tuple(images.shape[1:]) != expected:
+            raise UserError(f"model input images have shape {list(images.shape)}; expected [B, {', '.join(map(str, expected))}]")
+        if modality_mask.shape != images.shape[:2]:
+            raise UserError(f"modality_mask has shape {list(modality_mask.shape)}; expected {list(images.shape[:2])}")
+        if not bool(modality_mask.any(dim=1).all()):
+            raise UserError("every sample needs at least one modality (a row of modality_mask is all False)")
+
+    def _encoder_trains(self) -> bool:
+        return any(p.requires_grad for m in (self.embedding, self.encoder) for p in m.parameters())
+
+    # ------------------------------------------------------------------ objective
+    def loss(
+        self,
+        output: UniMMADOutput,
+        loss_weight: torch.Tensor,
+        epoch: int,
+        total_epochs: int,
+    ) -> Losses:
+        """loss_weight `[B]` per-sample task weights; epoch counts from 0."""
+        consistency = focal_cosine_loss(
+            output.decoded, output.priors, loss_weight[output.sample_index].float(), self.config.focal_gamma
+        )
+        balance = load_balance_loss(output.routings, self.config.z_loss_weight)
+        total = consistency + annealing_factor(epoch, total_epochs) * balance
+        return Losses(total=total, consistency=consistency, load_balance=balance)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, modality_mask: torch.Tensor) -> Prediction:
+        """Anomaly maps `[B, H, W]`, image scores `[B]` and per-sample leader usage."""
+        out = self(images, modality_mask)
+        size = tuple(images.shape[-2:])
+        raw = anomaly_map(out.priors, out.decoded, out.sample_index, out.batch_size, size)
+        maps = gaussian_blur(raw, self.config.blur_sigma, self.config.blur_kernel_size)
+        scores = image_score(maps, self.config.top_fraction)
+        return Prediction(maps=maps, scores=scores, leader_counts=self._leader_counts(out))
+
+    def _leader_counts(self, out: UniMMADOutput) -> torch.Tensor:
+        n_r = self.config.num_leaders
+        per_pair = torch.stack(
+            [
+                torch.stack([F.one_hot(r.indices, n_r).sum(dim=1) for r in branches])
+                for branches in out.routings
+            ]
+        )  # [L, K, n, N_r]
+        per_pair = per_pair.permute(2, 0, 1, 3)
+        counts = per_pair.new_zeros(out.batch_size, *per_pair.shape[1:])
+        return counts.index_add_(0, out.sample_index, per_pair)
+
+    def invalidate_kernel_cache(self) -> None:
+        for moe in self.cmoe:
+            for branch in moe.branches:
+                branch.invalidate_cache()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.invalidate_kernel_cache()  # belt and braces: `assign=True` bypasses version counters
+        return result
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> "UniMMAD":
+        """Normalization layers whose parameters are all frozen stay in eval mode, so frozen
+        statistics never drift in incremental stages."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, NORM_TYPES) and not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def prior_parameter_names(model: UniMMAD) -> list[str]:
+    return [n for n, _ in model.named_parameters() if n.startswith("prior.")]
+
+
+def incremental_parameter_names(model: UniMMAD) -> list[str]:
+    """Parameters an incremental stage may train: every MoE-Leader's mixing weights, the
+    condition routers (cond conv block + gates) and each C-MoE's aggregation conv."""
+    names: list[str] = []
+    for prefix, module in model.named_modules():
+        trainable = isinstance(module, (MoELeaders, ConditionRouter)) or (
+            isinstance(module, nn.Module) and prefix.endswith(".aggregate") and prefix.startswith("cmoe.")
+        )
+        if trainable:
+            names += [f"{prefix}.{n}" for n, _ in module.named_parameters()]
+    return sorted(set(names))
+
+
+def freeze_for_incremental(model: UniMMAD, trainable: list[str] | None = None) -> list[str]:
+    """Freeze every parameter except `trainable` (default: the incremental subset) and put
+    frozen normalization layers in eval mode. Returns the trainable names."""
+    names = set(incremental_parameter_names(model) if trainable is None else trainable)
+    unknown = names - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"unknown parameter names: {sorted(unknown)[:3]}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in names)
+    model.train(model.training)
+    return sorted(names)
