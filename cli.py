@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "show-task": "unimmad_cl.commands.registry:show_task",
     "remove-task": "unimmad_cl.commands.registry:remove_task",
     "db": "unimmad_cl.commands.registry:db",
+    "synth": "unimmad_cl.commands.data:synth",
 }
 
 # One-line summaries for `--help`, kept here so listing commands imports nothing.
@@ -34,6 +35,7 @@ SUMMARIES: dict[str, str] = {
     "show-task": "Show one task: data, classes, modalities, samples, training state.",
     "remove-task": "Unregister a task that has not been trained.",
     "db": "Registry schema migrations: upgrade, downgrade, current.",
+    "synth": "Write the deterministic synthetic multi-modal benchmark and its tasks.yaml.",
 }
 
 
