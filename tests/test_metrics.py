@@ -79,6 +79,7 @@ def test_pixel_metrics_match_sklearn_and_slow_aupro(levels, dtype):
     labels, scores, masks, maps = random_set(rng, levels=levels, dtype=dtype)
     got = compute_metrics(labels, scores, masks, maps)
     assert list(got) == list(METRIC_KEYS)
+    assert all(type(v) is float for v in got.values())  # plain floats: JSON, registry rows
     img = sk_metrics(labels, scores)
     pix = sk_metrics(masks.ravel(), maps.ravel())
     for k in ("auroc", "ap", "f1max"):

@@ -233,7 +233,7 @@ def _aupro(curve: _PositiveCurve, pro: np.ndarray, limit: float) -> float:
     pro_before = np.concatenate([[0.0], pro[:-1]])
     x = np.concatenate([[0.0], np.stack([fpr_gt, fpr_ge], axis=1).ravel(), [1.0]])
     y = np.concatenate([[0.0], np.stack([pro_before, pro], axis=1).ravel(), [pro[-1]]])
-    return _area_to_limit(x, y, limit) / limit
+    return float(_area_to_limit(x, y, limit) / limit)
 
 
 def pixel_metrics(masks, maps, aupro_limit: float = 0.3) -> dict[str, float]:

@@ -172,11 +172,25 @@ def _task_mean(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     return mean
 
 
+def _as_batches(data, batch_size: int, num_workers: int) -> Iterable:
+    """`data` itself if it yields batches (a DataLoader, a list of Batches); a map-style
+    torch Dataset of items (e.g. `TaskDataset`) is wrapped in an ordered DataLoader."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if not isinstance(data, Dataset):
+        return data
+    from unimmad_cl.data.dataset import collate
+
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+
+
 def evaluate_task(
     model,
-    batches: Iterable,
+    data: Iterable,
     *,
     task: str | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
     device=None,
     keep_maps: bool = False,
     map_size: int | None = None,
@@ -188,7 +202,9 @@ def evaluate_task(
 ) -> EvaluationResult:
     """Run `model` over a test split and compute the metrics per class and for the task.
 
-    batches: an iterable of collated batches (a DataLoader over the task's test dataset).
+    data: the task's test split: an iterable of collated batches (a DataLoader), or a
+    map-style Dataset of items (`TaskDataset`), then batched here by `batch_size` in order
+    with `num_workers` loader workers.
     device: where inputs go (default: the device of the model's first parameter, else CPU).
     map_size: keep maps and masks downsampled to `map_size`² for the pixel metrics (less
     memory, approximate pixel metrics; image scores always come from the full-size maps).
@@ -204,7 +220,7 @@ def evaluate_task(
     model.eval()
     try:
         chunks = _run_inference(
-            model, batches, device, map_size, progress, f"evaluate {task or ''}".strip(),
+            model, _as_batches(data, batch_size, num_workers), device, map_size, progress, f"evaluate {task or ''}".strip(),
             heatmap_dir, heatmap_select, heatmap_range,
         )
     finally:
