@@ -46,20 +46,33 @@ def read_array(path: str | Path):
 
 
 def image_hw(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, reading only its header where the format allows."""
+    """(height, width) of an image file, reading only its header."""
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        return tuple(read_array(path).shape[:2])
-    from PIL import Image
-
     try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tuple(tif.pages[0].shape[:2])
+        from PIL import Image
+
         with Image.open(path) as img:
             width, height = img.size
+            return height, width
     except FileNotFoundError:
         raise UserError(f"image file not found: {path}") from None
     except Exception as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
-    return height, width
+
+
+def check_mask_size(mask: str | Path, image: str | Path) -> None:
+    """A mask annotates the pixels of its image: their sizes must agree (headers only)."""
+    mask_hw, image_hw_ = image_hw(mask), image_hw(image)
+    if mask_hw != image_hw_:
+        raise UserError(
+            f"mask {mask} is {mask_hw[1]}x{mask_hw[0]} but image {image} "
+            f"is {image_hw_[1]}x{image_hw_[0]} (width x height); they must match"
+        )
 
 
 def to_unit(arr):
@@ -203,10 +216,5 @@ def load_sample(sample: Sample, size: int):
     images = np.stack([load_modality(p, m, size) for p, m in zip(sample.paths, sample.modalities)])
     if sample.mask_path is None:
         return images, np.zeros((size, size), dtype=np.float32)
-    mask_hw, image_hw_ = image_hw(sample.mask_path), image_hw(sample.paths[0])
-    if mask_hw != image_hw_:
-        raise UserError(
-            f"mask {sample.mask_path} is {mask_hw[1]}x{mask_hw[0]} but image {sample.paths[0]} "
-            f"is {image_hw_[1]}x{image_hw_[0]} (width x height); they must match"
-        )
+    check_mask_size(sample.mask_path, sample.paths[0])
     return images, load_mask(sample.mask_path, size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from unimmad_cl.data.images import check_mask_size
 from unimmad_cl.data.modalities import check_modalities, get_modality
 from unimmad_cl.data.records import SPLITS
 from unimmad_cl.errors import UserError
@@ -67,12 +68,14 @@ def find_mask(gt_dir: Path, stem: str) -> Path | None:
 
 
 def require_mask(gt_dir: Path, image: Path) -> Path:
+    """The mask of a defect image, which must exist and have the image's size."""
     mask = find_mask(gt_dir, image.stem)
     if mask is None:
         raise UserError(
             f"defect image {image} has no mask; expected {gt_dir / (image.stem + '.png')} "
             f"or {gt_dir / (image.stem + '_mask.png')}"
         )
+    check_mask_size(mask, image)
     return mask
 
 

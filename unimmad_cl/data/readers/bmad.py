@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from unimmad_cl.data.images import check_mask_size
 from unimmad_cl.data.readers._files import (
     check_request,
     class_folders,
@@ -75,6 +76,7 @@ def _samples(
             mask = find_mask(masks, image.stem)
             if mask is None:
                 raise UserError(f"defect image {image} has no mask; expected {masks / image.name}")
+            check_mask_size(mask, image)
         out.append(
             Sample(None, cls, split, mods, (str(image),), label, str(mask) if mask else None, kind, image.stem)
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from unimmad_cl.data.images import check_mask_size
 from unimmad_cl.data.readers._files import (
     check_request,
     class_folders,
@@ -81,6 +82,7 @@ def _sample(
         if split == "test" and "good" not in folder.relative_to(split_dir).parts:
             raise UserError(f"test case {folder / case} has no segmentation mask {folder / case}_seg.png")
         return Sample(None, cls, split, mods, tuple(paths), 0, None, "good", case)
+    check_mask_size(seg, paths[0])
     if mask_is_empty(seg):
         return Sample(None, cls, split, mods, tuple(paths), 0, None, "good", case)
     if split == "train":

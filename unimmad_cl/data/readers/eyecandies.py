@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from unimmad_cl.data.images import check_mask_size
 from unimmad_cl.data.readers import mvtec3d
 from unimmad_cl.data.readers._files import (
     check_request,
@@ -78,6 +79,7 @@ def _raw_samples(data: Path, cls: str, mods: tuple[str, ...], split: str) -> lis
             mask_path = data / f"{idx}_mask.png"
             if not mask_path.is_file():
                 raise UserError(f"test sample {idx} of {data} has no mask: expected {mask_path}")
+            check_mask_size(mask_path, paths[0])
             if not mask_is_empty(mask_path):
                 label, mask = 1, str(mask_path)
         defect = "bad" if label else "good"

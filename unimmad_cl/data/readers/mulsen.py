@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from unimmad_cl.data.images import check_mask_size
 from unimmad_cl.data.readers._files import (
     check_request,
     class_folders,
@@ -73,7 +74,9 @@ def _first_anomalous_mask(
     if all(m is None for m in masks):
         expected = sensors[0] / "GT" / kind / f"{files[0].stem}.png"
         raise UserError(f"defect image {files[0]} has no mask; expected {expected}")
-    for mask in masks:
-        if mask is not None and not mask_is_empty(mask):
-            return str(mask)
+    for mask, image in zip(masks, files):
+        if mask is not None:
+            check_mask_size(mask, image)
+            if not mask_is_empty(mask):
+                return str(mask)
     return None
