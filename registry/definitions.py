@@ -1,9 +1,10 @@
 """Task definitions (from `add-task` flags or YAML files), checked against the data.
 
-A definition becomes a `TaskSpec` only when its name is a safe identifier, its format and
-modalities are known, its data root exists, its classes are there and every class has
-training samples. The readers list the samples, so the counts stored with the task are what
-training will see. Nothing here writes: `registry.store.add_tasks` does, all or nothing.
+Two steps: `parse_definition` checks what needs no data (a safe name, a known format, 1 to 4
+known and distinct modalities, field, loss weight); `resolve` then checks the data (the root
+exists, the classes are there, every class has training samples) and counts the samples with
+the format's reader, so the counts stored with the task are what training will see. Nothing
+here writes: `registry.store.add_tasks` does, all or nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +33,33 @@ DATA_ROOT_PLACEHOLDER = "${data_root}"
 KEYS = ("name", "format", "root", "modalities", "classes", "field", "loss_weight")
 
 
-def define_task(
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A task as the user wrote it, checked as far as possible without reading the data."""
+
+    name: str
+    format: str
+    root: Path | None  # None: <data-root>/<name>
+    modalities: tuple[str, ...]
+    classes: tuple[str, ...]  # empty: every class found
+    field: str
+    loss_weight: float
+
+
+def parse_definition(
     name: str,
     *,
-    data_root: str | Path,
     format: str = DEFAULT_FORMAT,
     root: str | Path | None = None,
     modalities: Sequence[str] = (),
     classes: Sequence[str] = (),
     field: str | None = None,
     loss_weight: float = 1.0,
-) -> TaskSpec:
-    """Check one definition against the modality table and the data; read its sample counts.
+) -> TaskDefinition:
+    """Check a definition's name, format, modalities, field and loss weight.
 
-    `root` defaults to `<data_root>/<name>`; `modalities` to the format's usual ones (the
-    `folder` format has none: its modalities must be named); `classes` to all found.
+    `modalities` defaults to the format's usual ones (the `folder` format has none: its
+    modalities must be named); `field` to medical for medical formats, else industrial.
     """
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise UserError(
@@ -53,63 +67,78 @@ def define_task(
             f"starting with a letter or '_', at most {NAME_LENGTH} characters"
         )
     try:
-        return _define(name, data_root, format, root, modalities, classes, field, loss_weight)
+        reader = get_reader(format)
+        modalities = tuple(modalities) or reader.DEFAULT_MODALITIES
+        if not modalities:
+            raise UserError(f"format {format!r} needs the task's modalities (--modality, in order)")
+        modalities = check_modalities(modalities)
+        field = DEFAULT_FIELDS.get(format, "industrial") if field is None else field
+        if not isinstance(field, str) or not FIELD_PATTERN.fullmatch(field):
+            raise UserError(f"field {field!r} must be a lowercase word such as industrial or medical")
+        if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not (
+            math.isfinite(loss_weight) and loss_weight > 0
+        ):
+            raise UserError(f"loss weight {loss_weight!r} must be a positive number")
+        repeated = sorted({c for c in classes if list(classes).count(c) > 1})
+        if repeated:
+            raise UserError(f"class {repeated[0]!r} is given more than once")
     except UserError as exc:
         raise UserError(f"task {name!r}: {exc}") from None
+    return TaskDefinition(
+        name=name,
+        format=format,
+        root=None if root is None else Path(root).expanduser(),
+        modalities=modalities,
+        classes=tuple(classes),
+        field=field,
+        loss_weight=float(loss_weight),
+    )
 
 
-def _define(name, data_root, fmt, root, modalities, classes, field, loss_weight) -> TaskSpec:
-    reader = get_reader(fmt)
-    modalities = tuple(modalities) or reader.DEFAULT_MODALITIES
-    if not modalities:
-        raise UserError(f"format {fmt!r} needs the task's modalities (--modality, in order)")
-    modalities = check_modalities(modalities)
-    field = DEFAULT_FIELDS.get(fmt, "industrial") if field is None else field
-    if not isinstance(field, str) or not FIELD_PATTERN.fullmatch(field):
-        raise UserError(f"field {field!r} must be a lowercase word such as industrial or medical")
-    if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not (
-        math.isfinite(loss_weight) and loss_weight > 0
-    ):
-        raise UserError(f"loss weight {loss_weight!r} must be a positive number")
+def resolve(definition: TaskDefinition, *, data_root: str | Path) -> TaskSpec:
+    """Check a definition against its data: root, classes, samples; count the samples."""
+    try:
+        return _resolve(definition, Path(data_root))
+    except UserError as exc:
+        raise UserError(f"task {definition.name!r}: {exc}") from None
 
-    if root is None:
-        path = Path(data_root).expanduser().resolve() / name
+
+def _resolve(definition: TaskDefinition, data_root: Path) -> TaskSpec:
+    reader = get_reader(definition.format)
+    if definition.root is None:
+        path = data_root.expanduser().resolve() / definition.name
         if not path.is_dir():
             raise UserError(
                 f"data root not found: {path} (the default <data-root>/<name>); give --root, "
                 "or set the data root with `unimmad-cl init --data-root DIR`"
             )
     else:
-        path = Path(root).expanduser().resolve()
+        path = definition.root.resolve()
         if not path.is_dir():
             raise UserError(f"data root not found: {path}")
 
     found = reader.classes(path)
-    chosen = list(classes) or found
-    repeated = sorted({c for c in chosen if chosen.count(c) > 1})
-    if repeated:
-        raise UserError(f"class {repeated[0]!r} is given more than once")
+    chosen = list(definition.classes) or found
     for cls in chosen:
         if cls not in found:
             raise UserError(
-                f"class {cls!r} not found under {path} (format {fmt}); "
+                f"class {cls!r} not found under {path} (format {definition.format}); "
                 f"classes there: {', '.join(found)}"
             )
-
-    train = reader.samples(path, chosen, modalities, "train")
-    test = reader.samples(path, chosen, modalities, "test")
+    train = reader.samples(path, chosen, definition.modalities, "train")
+    test = reader.samples(path, chosen, definition.modalities, "test")
     with_train = {sample.cls for sample in train}
     for cls in chosen:
         if cls not in with_train:
             raise UserError(f"class {cls!r} has no training samples under {path / cls}")
     return TaskSpec(
-        name=name,
-        format=fmt,
+        name=definition.name,
+        format=definition.format,
         root=str(path),
-        modalities=modalities,
+        modalities=definition.modalities,
         classes=tuple(chosen),
-        field=field,
-        loss_weight=float(loss_weight),
+        field=definition.field,
+        loss_weight=definition.loss_weight,
         samples=SampleCounts(
             train=len(train),
             test=len(test),
@@ -118,12 +147,11 @@ def _define(name, data_root, fmt, root, modalities, classes, field, loss_weight)
     )
 
 
-def load_definitions(path: str | Path, *, data_root: str | Path) -> list[TaskSpec]:
-    """The tasks of a YAML file holding one definition (a mapping) or a list of them.
+def read_definitions(path: str | Path, *, data_root: str | Path) -> list[TaskDefinition]:
+    """The definitions in a YAML file holding one (a mapping) or a list of them.
 
     Keys: name, format, root, modalities, classes, field, loss_weight. A relative `root` is
     relative to the file's folder; `${data_root}` in it stands for the workspace's data root.
-    Every definition is checked before any is returned, so a bad one stops them all.
     """
     path = Path(path)
     try:
@@ -153,7 +181,18 @@ def load_definitions(path: str | Path, *, data_root: str | Path) -> list[TaskSpe
         raise UserError(f"{path}: {exc}") from None
 
 
-def _from_mapping(entry: Mapping[str, Any], base: Path, data_root: str | Path) -> TaskSpec:
+def load_definitions(path: str | Path, *, data_root: str | Path) -> list[TaskSpec]:
+    """`read_definitions`, then each checked against its data: all pass, or a UserError."""
+    definitions = read_definitions(path, data_root=data_root)
+    try:
+        return [resolve(definition, data_root=data_root) for definition in definitions]
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _from_mapping(
+    entry: Mapping[str, Any], base: Path, data_root: str | Path
+) -> TaskDefinition:
     unknown = sorted(str(key) for key in entry if key not in KEYS)
     if unknown:
         raise UserError(f"unknown key {unknown[0]!r} (keys: {', '.join(KEYS)})")
@@ -163,11 +202,9 @@ def _from_mapping(entry: Mapping[str, Any], base: Path, data_root: str | Path) -
     if root is not None:
         if not isinstance(root, str):
             raise UserError(f"'root' must be a path, got {root!r}")
-        root = root.replace(DATA_ROOT_PLACEHOLDER, str(data_root))
-        root = base / Path(root).expanduser()
-    return define_task(
+        root = base / Path(root.replace(DATA_ROOT_PLACEHOLDER, str(data_root))).expanduser()
+    return parse_definition(
         entry["name"],
-        data_root=data_root,
         format=_string(entry, "format", DEFAULT_FORMAT),
         root=root,
         modalities=_strings(entry, "modalities"),
@@ -185,7 +222,9 @@ def _string(entry: Mapping[str, Any], key: str, default: str) -> str:
 
 
 def _strings(entry: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = entry.get(key) or ()
+    value = entry.get(key)
+    if value is None:
+        return ()
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

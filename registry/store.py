@@ -314,7 +314,7 @@ def _replay_counts(session: Session, task_id: int | None = None) -> dict[int, in
     )
     if task_id is not None:
         query = query.where(ReplayBuffer.task_id == task_id)
-    return dict(session.execute(query).tuples().all())
+    return {task_id: count for task_id, count in session.execute(query)}
 
 
 def _task_info(task: Task, replay_samples: int) -> TaskInfo:

@@ -12,7 +12,7 @@ import click
 from sqlalchemy.engine import make_url
 
 from registry import migrate, store
-from registry.definitions import define_task, load_definitions
+from registry.definitions import load_definitions, parse_definition, resolve
 from unimmad_cl.errors import UserError
 from unimmad_cl.workspace import Workspace
 
@@ -89,18 +89,16 @@ def add_task(
         if from_file is not None:
             specs = load_definitions(from_file, data_root=data_root)
         else:
-            specs = [
-                define_task(
-                    name,
-                    data_root=data_root,
-                    format=fmt or "folder",
-                    root=root,
-                    modalities=modalities,
-                    classes=classes,
-                    field=field,
-                    loss_weight=1.0 if loss_weight is None else loss_weight,
-                )
-            ]
+            definition = parse_definition(
+                name,
+                format=fmt or "folder",
+                root=root,
+                modalities=modalities,
+                classes=classes,
+                field=field,
+                loss_weight=1.0 if loss_weight is None else loss_weight,
+            )
+            specs = [resolve(definition, data_root=data_root)]
         for task in store.add_tasks(registry, specs):
             counts = task.samples
             click.echo(
