@@ -74,7 +74,7 @@ def parse_definition(
         modalities = check_modalities(modalities)
         field = DEFAULT_FIELDS.get(format, "industrial") if field is None else field
         if not isinstance(field, str) or not FIELD_PATTERN.fullmatch(field):
-            raise UserError(f"field {field!r} must be a lowercase word such as industrial or medical")
+            raise UserError(f"field {field!r} must be a lowercase word, e.g. industrial or medical")
         if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not (
             math.isfinite(loss_weight) and loss_weight > 0
         ):

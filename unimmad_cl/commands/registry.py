@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from registry import migrate, store
 from registry.definitions import load_definitions, parse_definition, resolve
+from unimmad_cl.data.readers import FORMATS
 from unimmad_cl.errors import UserError
 from unimmad_cl.workspace import Workspace
 
@@ -52,9 +53,13 @@ def init(obj: dict, data_root: Path | None) -> None:
     help="Modality, repeatable, in order (1 to 4; e.g. rgb, depth, infrared, mri_t1). "
     "Default: the format's usual ones.",
 )
-@click.option("--format", "fmt", help="Dataset layout (default folder).")
-@click.option("--root", type=click.Path(path_type=Path), help="Data root (default <data-root>/<name>).")
-@click.option("--class", "classes", multiple=True, help="Class to include, repeatable (default all).")
+@click.option("--format", "fmt", help=f"Dataset layout: {', '.join(FORMATS)} (default folder).")
+@click.option(
+    "--root", type=click.Path(path_type=Path), help="Data root (default <data-root>/<name>)."
+)
+@click.option(
+    "--class", "classes", multiple=True, help="Class to include, repeatable (default all)."
+)
 @click.option("--field", help="industrial, medical, synthetic, ... (default from the format).")
 @click.option("--loss-weight", type=float, help="Weight of this task's loss (default 1.0).")
 @click.option(
