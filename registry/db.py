@@ -89,7 +89,8 @@ def transaction(engine: Engine, work: Callable[[Session], T]) -> T:
 
     A UserError (or any other exception) raised by `work` rolls everything back. The unit of
     work is retried when the database reports it is locked, so `work` must not have side
-    effects outside the session.
+    effects outside the session. Other database failures (disk full, read-only file, server
+    gone) become a UserError naming the registry.
     """
     attempt = 0
     while True:
@@ -98,9 +99,11 @@ def transaction(engine: Engine, work: Callable[[Session], T]) -> T:
                 return work(session)
         except OperationalError as exc:
             attempt += 1
-            if not _is_lock_error(exc) or attempt == RETRIES:
-                raise
-            time.sleep(0.1 * attempt)
+            if _is_lock_error(exc) and attempt < RETRIES:
+                time.sleep(0.1 * attempt)
+                continue
+            shown = engine.url.render_as_string(hide_password=True)
+            raise UserError(f"registry {shown}: {_first_line(exc.orig)}") from None
 
 
 def _is_lock_error(exc: Exception) -> bool:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload
 
@@ -149,7 +149,7 @@ class ReplayBufferInfo:
     seed: int
     ratio: float
     stage: int | None
-    samples: tuple[ReplayItem, ...] = field(default_factory=tuple)
+    samples: tuple[ReplayItem, ...]
 
 
 @dataclass(frozen=True)

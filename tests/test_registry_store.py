@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from registry.db import transaction
 from registry.models import Task, TaskModality
@@ -227,3 +228,24 @@ def test_evaluations_upsert_list_and_matrix(registry):
         record_evaluations(registry, 0, [EvaluationRow("zz", "a", "i_auroc", 0.1)])
     with pytest.raises(UserError, match="evaluations recorded|trained"):
         remove_task(registry, "t2")
+
+
+def test_database_failures_become_one_user_error(registry):
+    def work(session):
+        session.execute(text("SELECT * FROM no_such_table"))
+
+    with pytest.raises(UserError, match=r"registry sqlite:///.*registry.db: no such table"):
+        transaction(registry.engine, work)
+
+
+def test_locked_database_is_retried(registry, monkeypatch):
+    monkeypatch.setattr("registry.db.time.sleep", lambda s: None)
+    calls = []
+
+    def work(session):
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return "done"
+
+    assert transaction(registry.engine, work) == "done" and len(calls) == 3
