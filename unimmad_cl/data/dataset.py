@@ -13,6 +13,7 @@ A `Batch` is what the model takes (see docs/CONTRACTS.md):
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, fields
 from typing import Hashable, Iterator, Sequence
 
@@ -128,10 +129,8 @@ class MultiTaskDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self._length:
             raise IndexError(index)
-        for offset, dataset in zip(reversed(self._offsets), reversed(self.datasets)):
-            if index >= offset:
-                return dataset[index - offset]
-        raise IndexError(index)
+        position = bisect.bisect_right(self._offsets, index) - 1
+        return self.datasets[position][index - self._offsets[position]]
 
     def class_keys(self) -> list[tuple[int, str]]:
         return [key for d in self.datasets for key in d.class_keys()]

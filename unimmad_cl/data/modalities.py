@@ -21,9 +21,6 @@ from unimmad_cl.errors import UserError
 # The model's general input holds at most this many modality slots (4 x 3 = 12 channels).
 MAX_MODALITIES = 4
 
-DECODERS = ("color", "gray", "depth")
-
-
 @dataclass(frozen=True)
 class Modality:
     """One row of the table: `name` as written in task definitions, `decode` (see module doc)."""

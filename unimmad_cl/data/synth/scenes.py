@@ -66,6 +66,8 @@ def weave(rng, size, defect):
     u, v = (xx + rng.uniform(0, 2 * period)) / period, (yy + rng.uniform(0, 2 * period)) / period
     over = (np.floor(u) + np.floor(v)) % 2 == 0
     pattern = np.where(over, np.sin(np.pi * (u % 1)), np.sin(np.pi * (v % 1)))
+    everywhere = np.ones((size, size), dtype=bool)
+    mask = np.zeros_like(everywhere)
     if defect == "broken_thread":  # one thread loses its bumps over a stretch
         row = np.floor(v) == np.floor(v[int(rng.integers(size // 5, 4 * size // 5)), 0])
         start = rng.uniform(0, 0.6) * size
@@ -74,8 +76,6 @@ def weave(rng, size, defect):
     base = np.array([0.34, 0.40, 0.55]) * rng.uniform(0.95, 1.05, 3)
     light = 1 + 0.06 * smooth_noise(rng, size, size / 4)
     rgb = base * ((0.62 + 0.38 * pattern) * light)[:, :, None]
-    mask = np.zeros((size, size), dtype=bool) if defect != "broken_thread" else mask
-    everywhere = np.ones_like(mask)
     if defect == "scratch":
         mask = _scratch(rng, size, everywhere)
         rgb = rgb + 0.09 * mask[:, :, None]
