@@ -24,6 +24,10 @@ COMMANDS: dict[str, str] = {
     "remove-task": "unimmad_cl.commands.registry:remove_task",
     "db": "unimmad_cl.commands.registry:db",
     "synth": "unimmad_cl.commands.data:synth",
+    "train-base": "unimmad_cl.commands.training:train_base",
+    "train-incremental": "unimmad_cl.commands.training:train_incremental",
+    "stages": "unimmad_cl.commands.training:stages",
+    "evaluate": "unimmad_cl.commands.training:evaluate",
 }
 
 # One-line summaries for `--help`, kept here so listing commands imports nothing.
@@ -36,6 +40,10 @@ SUMMARIES: dict[str, str] = {
     "remove-task": "Unregister a task that has not been trained.",
     "db": "Registry schema migrations: upgrade, downgrade, current.",
     "synth": "Write the deterministic synthetic multi-modal benchmark and its tasks.yaml.",
+    "train-base": "Stage 0: train the full model jointly on the first tasks.",
+    "train-incremental": "One stage per new task: train MoE-Leaders, routers, aggregation with replay.",
+    "stages": "List the training stages and their artifacts.",
+    "evaluate": "Re-evaluate any stage's model on its tasks' test splits.",
 }
 
 

@@ -160,7 +160,9 @@ def load_model_config(preset: str = "tiny", config_file: str | Path | None = Non
     if config_file is None:
         return config
     data = read_yaml_mapping(config_file)
-    section = data.get("model", data)
+    # A file with `model:`/`train:` sections, or a bare mapping of model fields.
+    sectioned = "model" in data or "train" in data
+    section = data.get("model", {}) if sectioned else data
     if not isinstance(section, dict):
         raise UserError(f"{config_file}: the 'model' entry must be a mapping of config fields")
     return ModelConfig.from_dict(section, base=config)
@@ -184,3 +186,86 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a mapping at the top level")
     return data
+
+
+TRAINABLE_CHOICES = ("incremental", "all")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a stage trains. Paper settings: Adam, lr 1e-3, cosine over the epochs, batch 10."""
+
+    epochs: int = 200
+    batch_size: int = 10
+    lr: float = 1e-3
+    seed: int = 0
+    # "auto": CUDA when available, else CPU.
+    device: str = "auto"
+    # bf16 autocast; only ever used on CUDA.
+    amp: bool = True
+    num_workers: int = 0
+    # Share of each trained task's training samples kept for replay (at least one per class).
+    replay_ratio: float = 0.01
+    # Which parameters an incremental stage trains: the paper's subset, or all (ablation).
+    trainable: str = "incremental"
+    eval_batch_size: int = 16
+
+    @classmethod
+    def preset(cls, name: str) -> "TrainConfig":
+        try:
+            return TRAIN_PRESETS[name]
+        except KeyError:
+            raise UserError(
+                f"unknown preset {name!r}; expected one of: {', '.join(sorted(TRAIN_PRESETS))}"
+            ) from None
+
+    def validated(self) -> "TrainConfig":
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"training setting {name}={getattr(self, name)!r}: expected > 0")
+        if not self.lr > 0:
+            raise UserError(f"training setting lr={self.lr!r}: expected > 0")
+        if self.num_workers < 0:
+            raise UserError(f"training setting num_workers={self.num_workers}: expected >= 0")
+        if not 0 <= self.replay_ratio <= 1:
+            raise UserError(f"training setting replay_ratio={self.replay_ratio}: expected in [0, 1]")
+        if self.trainable not in TRAINABLE_CHOICES:
+            raise UserError(
+                f"training setting trainable={self.trainable!r}: expected one of {', '.join(TRAINABLE_CHOICES)}"
+            )
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise UserError(f"training setting device={self.device!r}: expected auto, cpu or cuda[:N]")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def with_overrides(self, **changes: Any) -> "TrainConfig":
+        """Apply the non-None values (CLI flags left unset are None)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise UserError(f"unknown training setting {sorted(unknown)[0]!r}; expected one of: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes).validated()
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    "tiny": TrainConfig(epochs=12, batch_size=8),
+}
+
+
+def load_configs(
+    preset: str = "tiny", config_file: str | Path | None = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """Model and training settings: the preset, overlaid with the YAML file's `model:` and
+    `train:` mappings."""
+    model = load_model_config(preset, config_file)
+    train = TrainConfig.preset(preset)
+    if config_file is not None:
+        section = read_yaml_mapping(config_file).get("train", {})
+        if not isinstance(section, dict):
+            raise UserError(f"{config_file}: the 'train' entry must be a mapping of training settings")
+        train = train.with_overrides(**section)
+    return model, train

@@ -1,19 +1,17 @@
 """Model weights as safetensors files with the config in the metadata (never pickle).
 
-Files are written to a temporary name in the target folder and renamed, so a crash leaves
-either the old file or the new one, never half of one.
+Files are written atomically (`unimmad_cl.files`): a crash leaves the old file or the new one.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from unimmad_cl.config import ModelConfig
 from unimmad_cl.errors import UserError
+from unimmad_cl.files import atomic_path
 
 FORMAT = "unimmad-cl/model/1"
 
@@ -21,18 +19,8 @@ FORMAT = "unimmad-cl/model/1"
 def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def save_model(model, path: str | Path, metadata: dict[str, str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Continual training: the epoch loop, base/incremental stages, replay buffers, artifacts."""

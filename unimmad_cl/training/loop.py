@@ -1,0 +1,96 @@
+"""The epoch loop: class-balanced batches, Adam with a cosine schedule, bf16 autocast on CUDA,
+a progress bar with loss and speed, and a checkpoint after every epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from unimmad_cl.config import TrainConfig
+from unimmad_cl.data.dataset import ClassBalancedSampler, MultiTaskDataset, collate
+
+
+def cosine_lr(base_lr: float, epoch: int, total_epochs: int) -> float:
+    """Cosine annealing from `base_lr` (epoch 0) towards 0 (epoch = total); a pure function of
+    the epoch so that a resumed stage continues on the same schedule."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / total_epochs))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    consistency: float
+    load_balance: float
+    samples: int
+    seconds: float
+
+
+def make_loader(dataset: MultiTaskDataset, config: TrainConfig) -> DataLoader:
+    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size)."""
+    sampler = ClassBalancedSampler(dataset.class_keys(), seed=config.seed)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.num_workers,
+        drop_last=len(dataset) > config.batch_size,
+    )
+
+
+def train_epochs(
+    model,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> list[EpochStats]:
+    """Train from `start_epoch` to `config.epochs`; `on_epoch_end` runs after each epoch
+    (checkpointing)."""
+    from tqdm import tqdm
+
+    autocast = device.type == "cuda" and config.amp
+    history = []
+    for epoch in range(start_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(config.lr, epoch, config.epochs)
+        loader.sampler.set_epoch(epoch)
+        model.train()
+        totals = torch.zeros(3, dtype=torch.float64)
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+        for batch in bar:
+            batch = batch.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                output = model(batch.images, batch.modality_mask)
+                losses = model.loss(output, batch.loss_weight, epoch, config.epochs)
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimizer.step()
+            n = len(batch)
+            seen += n
+            totals += torch.tensor([losses.total.item(), losses.consistency.item(), losses.load_balance.item()]) * n
+            bar.set_postfix(loss=f"{totals[0].item() / seen:.4f}", samples_per_s=f"{seen / (time.perf_counter() - start):.1f}")
+        bar.close()
+        mean = (totals / max(seen, 1)).tolist()
+        stats = EpochStats(epoch, mean[0], mean[1], mean[2], seen, time.perf_counter() - start)
+        history.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+    return history
