@@ -259,12 +259,10 @@ def run_stage(
         f"({replay_count} replayed), {n_trainable:,} of {total:,} parameters trainable"
         + (f", resuming after epoch {start_epoch}" if start_epoch else "")
     )
-    done = {"epochs": start_epoch}
     started = time.perf_counter()
 
     def on_epoch_end(stats: EpochStats) -> None:
         save_checkpoint(ckpt, model, tensor_names, optimizer, trainable, stats.epoch + 1, names, fingerprint)
-        done["epochs"] = stats.epoch + 1
         ctx.echo(
             f"  epoch {stats.epoch + 1}/{config.epochs}  loss {stats.loss:.4f} "
             f"(consistency {stats.consistency:.4f}, balance {stats.load_balance:.4f})  "
@@ -291,7 +289,8 @@ def run_stage(
         seconds = time.perf_counter() - started
         store.complete_stage(ctx.registry, number, artifact=artifact, seconds=seconds)
     except KeyboardInterrupt:
-        store.fail_stage(ctx.registry, number, f"interrupted after epoch {done['epochs']}; rerun the command to resume")
+        kept = read_checkpoint_info(ckpt).epochs_done if ckpt.exists() else 0
+        store.fail_stage(ctx.registry, number, f"interrupted after epoch {kept}; rerun the command to resume")
         raise
     except BaseException as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
