@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "train-incremental": "unimmad_cl.commands.training:train_incremental",
     "stages": "unimmad_cl.commands.training:stages",
     "evaluate": "unimmad_cl.commands.training:evaluate",
+    "report": "unimmad_cl.commands.report:report",
+    "predict": "unimmad_cl.commands.report:predict",
+    "demo": "unimmad_cl.commands.report:demo",
 }
 
 # One-line summaries for `--help`, kept here so listing commands imports nothing.
@@ -44,6 +47,9 @@ SUMMARIES: dict[str, str] = {
     "train-incremental": "One stage per new task: train MoE-Leaders, routers, aggregation with replay.",
     "stages": "List the training stages and their artifacts.",
     "evaluate": "Re-evaluate any stage's model on its tasks' test splits.",
+    "report": "Forgetting report: stage x task matrix, forgetting, BWT, plots.",
+    "predict": "Anomaly heatmaps, scores and decisions for new images of a task.",
+    "demo": "The whole pipeline on synthetic data: base + incremental stages + report.",
 }
 
 
