@@ -77,7 +77,16 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
         rows[name]["memory"] = common.probe_in_subprocess("benchmarks.inference", spec, torch.get_num_threads())
     new, old = call(4), call(4, original_forward)
     per_extra = (rows["4_modalities"]["ms_per_image"] - rows["1_modality"]["ms_per_image"]) / 3
+    profile = None
+    if preset == "tiny":
+        with torch.profiler.profile() as prof:
+            call(4)
+        table = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in table) or 1
+        profile = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total,
+                    "calls": e.count} for e in table[:12]]
     return {
+        "profile_4_modalities": profile,
         "preset": preset,
         "batch": batch,
         "image_size": model.config.image_size,
