@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload
 
@@ -140,6 +140,17 @@ class ReplayItem:
     cls: str
     stem: str
     paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReplayBufferSpec:
+    """A replay buffer to record for `task` when its stage completes."""
+
+    task: str
+    policy: str
+    seed: int
+    ratio: float
+    samples: tuple[ReplayItem, ...]
 
 
 @dataclass(frozen=True)
@@ -380,6 +391,7 @@ def start_stage(
         if old is not None:
             if old.status != "failed":
                 raise UserError(f"stage {stage_number} exists and is {old.status}")
+            _purge_results(session, old)
             session.delete(old)
             session.flush()
         stage = Stage(
@@ -410,13 +422,24 @@ def complete_stage(
     trainable_params: int | None = None,
     total_params: int | None = None,
     trainable_names: Sequence[str] | None = None,
+    evaluations: Iterable[EvaluationRow] = (),
+    replay_buffers: Sequence[ReplayBufferSpec] = (),
 ) -> StageInfo:
-    """Mark a running stage completed with the file it wrote, and its tasks trained by it."""
+    """Mark a running stage completed with the file it wrote, and its tasks trained by it.
+
+    `evaluations` and `replay_buffers`, the stage's results, are recorded in the same
+    transaction: a stage is either completed with all of its results or has none of them,
+    whatever moment a crash comes.
+    """
+    evaluations = _checked_rows(evaluations)
 
     def work(session: Session) -> StageInfo:
         stage = _get_stage(session, number)
         if stage.status != "running":
             raise UserError(f"stage {number} is {stage.status}, not running")
+        _record_evaluations(session, number, evaluations)
+        for buffer in replay_buffers:
+            _record_replay_buffer(session, buffer, number)
         stage.status = "completed"
         stage.finished_at = utcnow()
         stage.seconds = seconds
@@ -438,7 +461,10 @@ def complete_stage(
 
 
 def fail_stage(registry: Registry, number: int, error: str) -> StageInfo:
-    """Mark a running stage failed; its tasks stay untrained and can be trained again."""
+    """Mark a running stage failed; its tasks stay untrained and can be trained again.
+
+    Results it recorded before it died (evaluation rows, replay buffers of its tasks) are
+    removed: they are not part of the history."""
 
     def work(session: Session) -> StageInfo:
         stage = _get_stage(session, number)
@@ -447,10 +473,23 @@ def fail_stage(registry: Registry, number: int, error: str) -> StageInfo:
         stage.status = "failed"
         stage.finished_at = utcnow()
         stage.error = error
+        _purge_results(session, stage)
         session.flush()
         return _stage_info(stage)
 
     return transaction(registry.engine, work)
+
+
+def _purge_results(session: Session, stage: Stage) -> None:
+    """Delete what an unfinished `stage` recorded: its evaluation rows and the replay
+    buffers of its (still untrained) tasks."""
+    session.execute(delete(Evaluation).where(Evaluation.stage_number == stage.number))
+    for link in stage.stage_tasks:
+        task = link.task
+        if task.trained_in_stage is None and task.replay_buffer is not None:
+            session.delete(task.replay_buffer)
+            task.replay_buffer = None
+    session.flush()
 
 
 def list_stages(registry: Registry) -> list[StageInfo]:
@@ -517,27 +556,33 @@ def record_replay_buffer(
 ) -> ReplayBufferInfo:
     """Store the samples kept for replay of `task`, replacing any earlier buffer of it."""
 
+    spec = ReplayBufferSpec(task, policy, seed, ratio, tuple(samples))
+
     def work(session: Session) -> ReplayBufferInfo:
-        row = _get_task(session, task)
         if stage is not None:
             _get_stage(session, stage)
-        if row.replay_buffer is not None:
-            session.delete(row.replay_buffer)
-            session.flush()
-        row.replay_buffer = ReplayBuffer(
-            policy=policy,
-            seed=seed,
-            ratio=ratio,
-            stage_number=stage,
-            samples=[
-                ReplaySample(position=i, cls=item.cls, stem=item.stem, paths=list(item.paths))
-                for i, item in enumerate(samples)
-            ],
-        )
-        session.flush()
-        return _buffer_info(row.replay_buffer, task)
+        return _buffer_info(_record_replay_buffer(session, spec, stage), task)
 
     return transaction(registry.engine, work)
+
+
+def _record_replay_buffer(session: Session, spec: ReplayBufferSpec, stage: int | None) -> ReplayBuffer:
+    row = _get_task(session, spec.task)
+    if row.replay_buffer is not None:
+        session.delete(row.replay_buffer)
+        session.flush()
+    row.replay_buffer = ReplayBuffer(
+        policy=spec.policy,
+        seed=spec.seed,
+        ratio=spec.ratio,
+        stage_number=stage,
+        samples=[
+            ReplaySample(position=i, cls=item.cls, stem=item.stem, paths=list(item.paths))
+            for i, item in enumerate(spec.samples)
+        ],
+    )
+    session.flush()
+    return row.replay_buffer
 
 
 def get_replay_buffer(registry: Registry, task: str) -> ReplayBufferInfo | None:
@@ -567,46 +612,58 @@ def record_evaluations(registry: Registry, stage: int, rows: Iterable[Evaluation
 
     Returns the number of rows written.
     """
+    rows = _checked_rows(rows)
+
+    def work(session: Session) -> int:
+        _get_stage(session, stage)
+        return _record_evaluations(session, stage, rows)
+
+    return transaction(registry.engine, work)
+
+
+def _checked_rows(rows: Iterable[EvaluationRow]) -> list[EvaluationRow]:
     rows = list(rows)
     for row in rows:
         if not math.isfinite(row.value):
             raise ValueError(f"evaluation value {row} is not a finite number")
+    return rows
 
-    def work(session: Session) -> int:
-        _get_stage(session, stage)
-        task_ids = {name: _get_task(session, name).id for name in {row.task for row in rows}}
-        existing = {
-            (e.task_id, e.cls, e.metric): e
-            for e in session.scalars(select(Evaluation).where(Evaluation.stage_number == stage))
-        }
-        for row in rows:
-            key = (task_ids[row.task], row.cls, row.metric)
-            if key in existing:
-                existing[key].value = row.value
-            else:
-                existing[key] = Evaluation(
-                    stage_number=stage,
-                    task_id=key[0],
-                    cls=row.cls,
-                    metric=row.metric,
-                    value=row.value,
-                )
-                session.add(existing[key])
-        return len(rows)
 
-    return transaction(registry.engine, work)
+def _record_evaluations(session: Session, stage: int, rows: list[EvaluationRow]) -> int:
+    task_ids = {name: _get_task(session, name).id for name in {row.task for row in rows}}
+    existing = {
+        (e.task_id, e.cls, e.metric): e
+        for e in session.scalars(select(Evaluation).where(Evaluation.stage_number == stage))
+    }
+    for row in rows:
+        key = (task_ids[row.task], row.cls, row.metric)
+        if key in existing:
+            existing[key].value = row.value
+        else:
+            existing[key] = Evaluation(
+                stage_number=stage,
+                task_id=key[0],
+                cls=row.cls,
+                metric=row.metric,
+                value=row.value,
+            )
+            session.add(existing[key])
+    return len(rows)
 
 
 def list_evaluations(
     registry: Registry, *, stage: int | None = None, tasks: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
-    """One dict per (stage, task, class): `{stage, task, class, <metric>: value, ...}`."""
+    """One dict per (stage, task, class): `{stage, task, class, <metric>: value, ...}`, for
+    completed stages only (the history)."""
 
     def work(session: Session) -> list[dict[str, Any]]:
         query = (
             select(Evaluation.stage_number, Task.name, Evaluation.cls, Evaluation.metric,
                    Evaluation.value)
             .join(Task)
+            .join(Stage, Stage.number == Evaluation.stage_number)
+            .where(Stage.status == "completed")
             .order_by(Evaluation.stage_number, Task.id, Evaluation.cls, Evaluation.metric)
         )
         if stage is not None:
@@ -625,13 +682,14 @@ def list_evaluations(
 
 def evaluation_matrix(registry: Registry, metric: str) -> dict[str, dict[int, float]]:
     """R[task][stage] for `metric`: the mean over the task's classes, tasks in registration
-    order, stages ascending; only (task, stage) pairs that were evaluated appear."""
+    order, completed stages ascending; only (task, stage) pairs that were evaluated appear."""
 
     def work(session: Session) -> dict[str, dict[int, float]]:
         query = (
             select(Task.name, Evaluation.stage_number, func.avg(Evaluation.value))
             .join(Task)
-            .where(Evaluation.metric == metric)
+            .join(Stage, Stage.number == Evaluation.stage_number)
+            .where(Evaluation.metric == metric, Stage.status == "completed")
             .group_by(Task.id, Task.name, Evaluation.stage_number)
             .order_by(Task.id, Evaluation.stage_number)
         )
