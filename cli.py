@@ -72,15 +72,42 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # a bad global option (--workspace without a value)
+            if isinstance(exc, _NO_ARGS_IS_HELP):
+                raise
+            click.echo(f"error: {_usage_message(exc)}", err=True)
+            ctx.exit(2)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):  # `unimmad-cl db`: the help, as click shows it
+                raise
+            # click's own bad-flag errors (unknown command/option, bad or missing value): one
+            # line, like every other bad input, instead of usage + hint + message
+            click.echo(f"error: {_usage_message(exc)}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+# click >= 8.2 shows a group's help through this UsageError when no command is given
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """`<command path>: <click's message> (see --help)` on one line."""
+    message = " ".join(exc.format_message().split())
+    where = exc.ctx.command_path.split(" ", 1)[1] if exc.ctx and " " in exc.ctx.command_path else ""
+    return f"{where}: {message} (see --help)" if where else f"{message} (see --help)"
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
