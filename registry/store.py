@@ -480,6 +480,21 @@ def fail_stage(registry: Registry, number: int, error: str) -> StageInfo:
     return transaction(registry.engine, work)
 
 
+def discard_stage(registry: Registry, number: int) -> None:
+    """Delete a running stage as if it had never started (with anything it recorded): for a
+    stage that stopped on bad input before it trained anything, so the command changes
+    nothing."""
+
+    def work(session: Session) -> None:
+        stage = _get_stage(session, number)
+        if stage.status != "running":
+            raise UserError(f"stage {number} is {stage.status}, not running")
+        _purge_results(session, stage)
+        session.delete(stage)
+
+    transaction(registry.engine, work)
+
+
 def _purge_results(session: Session, stage: Stage) -> None:
     """Delete what an unfinished `stage` recorded: its evaluation rows and the replay
     buffers of its (still untrained) tasks."""

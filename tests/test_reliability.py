@@ -438,3 +438,24 @@ def test_tampered_artifacts_are_caught_by_hash_before_use(case, two_stage_ws, tm
     with registry(ws) as reg:  # nothing was started
         assert [s.status for s in store.list_stages(reg)] == ["completed", "completed"]
     assert files(ws) == before
+
+
+def test_discard_stage_removes_a_running_stage_and_its_results(tmp_path):
+    """The registry side of "bad data found mid-stage changes nothing": a running stage and
+    whatever it recorded go; a completed one cannot be discarded."""
+    from registry.store import ArtifactInfo, EvaluationRow, ReplayItem, SampleCounts, TaskSpec
+
+    with store.open_registry(f"sqlite:///{tmp_path / 'r.db'}") as reg:
+        spec = TaskSpec("t1", "folder", "/d", ("rgb",), ("a",), "industrial", 1.0, SampleCounts(1, 2, 1))
+        store.add_tasks(reg, [spec, TaskSpec(**{**spec.__dict__, "name": "t2"})])
+        store.start_stage(reg, "base", ["t1"])
+        store.complete_stage(reg, 0, artifact=ArtifactInfo("base", "b", "0" * 64, 1), seconds=1)
+        store.start_stage(reg, "incremental", ["t2"], parent=0)
+        store.record_evaluations(reg, 1, [EvaluationRow("t2", "a", "i_auroc", 0.5)])
+        store.record_replay_buffer(reg, "t2", policy="p", seed=0, ratio=0.1,
+                                   samples=[ReplayItem("a", "000", ("/d/x.png",))], stage=1)
+        store.discard_stage(reg, 1)
+        assert [s.number for s in store.list_stages(reg)] == [0]
+        assert store.get_task(reg, "t2").replay_samples == 0
+        with pytest.raises(store.UserError, match="stage 0 is completed, not running"):
+            store.discard_stage(reg, 0)
