@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 
 from unimmad_cl.errors import UserError
@@ -88,9 +88,10 @@ def transaction(engine: Engine, work: Callable[[Session], T]) -> T:
     """Run `work(session)` in one transaction: all of its writes are committed, or none.
 
     A UserError (or any other exception) raised by `work` rolls everything back. The unit of
-    work is retried when the database reports it is locked, so `work` must not have side
-    effects outside the session. Other database failures (disk full, read-only file, server
-    gone) become a UserError naming the registry.
+    work is retried when the database reports it is locked (or, on PostgreSQL, a deadlock,
+    a serialization failure, or a constraint that a concurrent writer got to first), so `work`
+    must not have side effects outside the session. Other database failures (disk full,
+    read-only file, server gone, permission denied) become a UserError naming the registry.
     """
     attempt = 0
     while True:
@@ -102,13 +103,31 @@ def transaction(engine: Engine, work: Callable[[Session], T]) -> T:
             if _is_lock_error(exc) and attempt < RETRIES:
                 time.sleep(0.1 * attempt)
                 continue
-            shown = engine.url.render_as_string(hide_password=True)
-            raise UserError(f"registry {shown}: {_first_line(exc.orig)}") from None
+            raise _registry_error(engine, exc) from None
+        except IntegrityError as exc:
+            # On a server shared by several machines two writers can pass the same check
+            # (name free, next stage number) before either commits; the loser runs its unit
+            # of work again, and its checks now see the winner's rows.
+            attempt += 1
+            if attempt < RETRIES:
+                continue
+            raise _registry_error(engine, exc) from None
+        except DBAPIError as exc:  # e.g. PostgreSQL: permission denied, missing table
+            raise _registry_error(engine, exc) from None
+
+
+def _registry_error(engine: Engine, exc: DBAPIError) -> UserError:
+    shown = engine.url.render_as_string(hide_password=True)
+    return UserError(f"registry {shown}: {_first_line(exc.orig)}")
 
 
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
-    return "database is locked" in text or "database is busy" in text
+    return any(
+        sign in text
+        for sign in ("database is locked", "database is busy",  # SQLite
+                     "deadlock detected", "could not serialize access")  # PostgreSQL
+    )
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -459,3 +459,29 @@ def test_discard_stage_removes_a_running_stage_and_its_results(tmp_path):
         assert store.get_task(reg, "t2").replay_samples == 0
         with pytest.raises(store.UserError, match="stage 0 is completed, not running"):
             store.discard_stage(reg, 0)
+
+
+def test_a_unit_of_work_that_lost_a_race_runs_again(tmp_path):
+    """Two machines sharing a PostgreSQL registry can both pass "name is free" before either
+    commits; the loser's IntegrityError makes the unit of work run again, whose own check
+    then reports the clash as a one-line UserError (on SQLite, BEGIN IMMEDIATE serializes)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from registry.db import transaction
+
+    with store.open_registry(f"sqlite:///{tmp_path / 'r.db'}") as reg:
+        calls = []
+
+        def work(session):
+            calls.append(1)
+            if len(calls) == 1:
+                raise IntegrityError("INSERT", {}, Exception("duplicate key value violates unique constraint"))
+            return "second try"
+
+        assert transaction(reg.engine, work) == "second try" and len(calls) == 2
+
+        def always(session):
+            raise IntegrityError("INSERT", {}, Exception("duplicate key value"))
+
+        with pytest.raises(store.UserError, match=r"registry sqlite:///.*: duplicate key value"):
+            transaction(reg.engine, always)
