@@ -52,6 +52,10 @@ def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):
     assert refused.exit_code == 2 and "not a demo folder" in refused.output
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
+    bad_device = CliRunner().invoke(cli.main, ["demo", "--quick", "--device", "tpu", "--out", str(tmp_path / "new")])
+    assert bad_device.exit_code == 2 and "device='tpu'" in bad_device.output
+    assert not (tmp_path / "new").exists()
+
 
 def test_default_settings_match_the_documented_demo():
     settings = DemoSettings().validated()

@@ -122,3 +122,6 @@ def test_predict_refuses_bad_input_and_writes_nothing(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not pred.exists()
+    missing = CliRunner().invoke(cli.main, ["--workspace", str(tmp_path / "nows"), "predict", "--task", "fabric",
+                                            "--out", str(pred), str(good[0])])
+    assert missing.exit_code == 2 and "no workspace at" in missing.output and not (tmp_path / "nows").exists()

@@ -174,6 +174,10 @@ def test_cli_report_table_and_errors(workspace, tmp_path):
     (tmp_path / "afile").write_text("x")
     bad = runner.invoke(cli.main, ["--workspace", str(workspace), "report", "--out", str(tmp_path / "afile")])
     assert bad.exit_code == 2 and "is a file" in bad.output
+    missing = runner.invoke(cli.main, ["--workspace", str(tmp_path / "missing"), "report"])
+    assert missing.exit_code == 2 and "no workspace at" in missing.output
+    assert not (tmp_path / "missing").exists()
+    assert runner.invoke(cli.main, ["--workspace", str(tmp_path / "empty"), "init"]).exit_code == 0
     empty = runner.invoke(cli.main, ["--workspace", str(tmp_path / "empty"), "report"])
     assert empty.exit_code == 2 and "run train-base first" in empty.output
     assert not (tmp_path / "empty" / "reports").exists()

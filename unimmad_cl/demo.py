@@ -109,6 +109,11 @@ def run_demo(
     from unimmad_cl.workspace import Workspace
 
     settings = settings.validated()
+    # Settings are checked before anything is written.
+    model_config = ModelConfig.preset("tiny").replace(image_size=settings.image_size).validated()
+    train_config = TrainConfig.preset("tiny").with_overrides(
+        seed=settings.seed, device=device, replay_ratio=settings.replay_ratio,
+    )
     out = Path(out).expanduser().resolve()
     resuming = _prepare_folder(out, settings)
     started = time.perf_counter()
@@ -137,10 +142,6 @@ def run_demo(
             store.add_tasks(registry, new)
 
         ctx = Context(workspace.path, registry, progress=progress, echo=detail or echo)
-        model_config = ModelConfig.preset("tiny").replace(image_size=settings.image_size)
-        train_config = TrainConfig.preset("tiny").with_overrides(
-            seed=settings.seed, device=device, replay_ratio=settings.replay_ratio,
-        )
         if latest_completed_stage(registry) is None:
             step(f"base stage: all parameters, jointly on {', '.join(settings.base_tasks)} "
                  f"for {settings.base_epochs} epochs (tiny preset)")

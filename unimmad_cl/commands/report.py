@@ -31,7 +31,7 @@ def report(obj, metric, out_dir, as_json, no_plots):
     """
     from unimmad_cl.evaluation.report import REPORTS_DIR, format_table, load_report, report_json, write_report_files
 
-    workspace = Workspace.resolve(obj["workspace"], obj["db_url"])
+    workspace = _existing_workspace(obj)
     _check_out(out_dir)
     with workspace.open_registry() as registry:
         result = load_report(registry, workspace.path, metric)
@@ -41,6 +41,19 @@ def report(obj, metric, out_dir, as_json, no_plots):
         return
     click.echo(format_table(result))
     click.echo("files: " + ", ".join(result.files))
+
+
+def _existing_workspace(obj: dict) -> Workspace:
+    """The workspace, refused when its default SQLite registry does not exist (reading
+    commands must not create an empty workspace as a side effect of a typo)."""
+    from unimmad_cl.errors import UserError
+    from unimmad_cl.workspace import REGISTRY_FILE
+
+    workspace = Workspace.resolve(obj["workspace"], obj["db_url"])
+    if obj["db_url"] is None and not (workspace.path / REGISTRY_FILE).is_file():
+        raise UserError(f"no workspace at {workspace.path}: run `unimmad-cl demo` or `unimmad-cl init` first "
+                        "(or pass --workspace / set UNIMMAD_HOME)")
+    return workspace
 
 
 def _check_out(out_dir: Path | None) -> None:
@@ -70,7 +83,7 @@ def predict(obj, task_name, stage_number, out_dir, device, batch_size, quiet, in
     from unimmad_cl.evaluation.predict import CSV_NAME, run_predict
     from unimmad_cl.training.stages import Context
 
-    workspace = Workspace.resolve(obj["workspace"], obj["db_url"])
+    workspace = _existing_workspace(obj)
     echo = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     with workspace.open_registry() as registry:
         ctx = Context(workspace.path, registry, progress=not quiet, echo=echo)
