@@ -68,10 +68,10 @@ def stage_forward(modules, inputs, forward, use_cache: bool) -> list[torch.Tenso
         return [moe(g, p, index, use_cache=use_cache)[0] for moe, (g, p) in zip(modules, inputs)]
 
 
-def run_preset(preset: str, n: int, repeats: int) -> dict:
+def run_preset(preset: str, n: int, repeats: int, number: int = 1) -> dict:
     config, channels, sizes, modules, inputs = build_stage(preset, n)
     fns = {name: (lambda f=f, c=c: stage_forward(modules, inputs, f, c)) for name, (f, c) in VARIANTS.items()}
-    times = common.interleaved(fns, repeats, warmup=1)
+    times = common.interleaved(fns, repeats, warmup=1, number=number)
     reference = stage_forward(modules, inputs, original_forward, False)
     rows = {}
     for name, (f, c) in VARIANTS.items():
@@ -89,6 +89,11 @@ def run_preset(preset: str, n: int, repeats: int) -> dict:
         "optimization_cached": common.ratio(times, "original_cached", "cached"),
         "optimization_on_the_fly": common.ratio(times, "original_on_the_fly", "on_the_fly"),
     }
+    min_ratios = {
+        "cached_vs_on_the_fly": common.min_ratio(times, "on_the_fly", "cached"),
+        "grouped_vs_loop": common.min_ratio(times, "loop", "cached"),
+        "optimization_cached": common.min_ratio(times, "original_cached", "cached"),
+    }
     return {
         "preset": preset,
         "pairs": n,
@@ -97,7 +102,9 @@ def run_preset(preset: str, n: int, repeats: int) -> dict:
         "num_leaders": config.num_leaders,
         "scales": [{"channels": c, "size": s} for c, s in zip(channels, sizes)],
         "variants": rows,
+        "number_per_sample": number,
         "ratios": ratios,
+        "ratios_of_minimums": min_ratios,
         "targets_met": {k: ratios[k] >= v for k, v in TARGETS.items()},
     }
 
@@ -114,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     presets = {"tiny": args.tiny_pairs} if args.quick else {"tiny": args.tiny_pairs, "paper": args.paper_pairs}
     results = {}
     for preset, n in presets.items():
-        repeats = args.repeats or (3 if args.quick else (10 if preset == "tiny" else 3))
-        results[preset] = run_preset(preset, n, repeats)
+        repeats = args.repeats or (3 if args.quick else (15 if preset == "tiny" else 4))
+        number = 1 if args.quick or preset == "paper" else 5
+        results[preset] = run_preset(preset, n, repeats, number)
         r = results[preset]
         v = r["variants"]
         print(

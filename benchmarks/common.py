@@ -78,8 +78,11 @@ def finish_environment(env: dict[str, Any]) -> dict[str, Any]:
     return env
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of every fn, run round-robin `repeats` times after `warmup` rounds."""
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, number: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of every fn, run round-robin `repeats` times after `warmup` rounds;
+    each sample is the mean of `number` back-to-back calls (for millisecond-sized calls)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -87,8 +90,9 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(number):
+                fn()
+            times[name].append((time.perf_counter() - start) / number)
     return times
 
 
@@ -104,6 +108,12 @@ def stats(seconds: list[float]) -> dict[str, Any]:
 def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
     """median(slow) / median(fast): how many times faster `fast` is."""
     return statistics.median(times[slow]) / statistics.median(times[fast])
+
+
+def min_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """min(slow) / min(fast): the same ratio from the least-disturbed samples (on a loaded
+    machine the minimum is the closest to the uncontended time)."""
+    return min(times[slow]) / min(times[fast])
 
 
 # --------------------------------------------------------------------------- memory

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,17 +105,30 @@ def time_cli(workspace: Path, n_tasks: int, runs: int) -> tuple[dict, list[str]]
         missing.append("report")
     base = cli_base()
     seconds: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     outputs: dict[str, int] = {}
+    slow: set[str] = set()  # a command far over the target runs once: its figure is clear
     for _ in range(runs):
         for name, args in commands.items():
+            if name in slow:
+                continue
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             out = subprocess.run([*base, *ws, *args], capture_output=True, check=True)
             seconds[name].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             outputs[name] = len(out.stdout)
+            if seconds[name][-1] > 10 * TARGET_S:
+                slow.add(name)
     rows = {}
     for name, v in seconds.items():
         row = common.stats(v)
+        # CPU seconds of the process (user + sys): what the command costs when it has a core
+        # to itself; on a loaded shared machine the wall time also holds waiting for a core
+        row["cpu_median_s"] = statistics.median(cpu[name])
         row["under_target"] = row["median_s"] < TARGET_S
+        row["cpu_under_target"] = row["cpu_median_s"] < TARGET_S
         row["stdout_bytes"] = outputs[name]
         rows[name] = row
     return rows, missing
@@ -186,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"({fill['db_bytes'] / 2**20:.1f} MiB), filled in {fill['add_tasks_s'] + fill['stages_and_evaluations_s']:.0f} s")
         cli, missing = time_cli(workspace, n_tasks, runs)
     for name, row in cli.items():
-        print(f"  {name:<18} median {row['median_s']:.3f} s (max {row['max_s']:.3f})  {'ok' if row['under_target'] else 'SLOW'}")
+        print(f"  {name:<18} median {row['median_s']:.3f} s wall, {row['cpu_median_s']:.3f} s CPU (max wall {row['max_s']:.3f})  "
+              f"{'ok' if row['under_target'] else 'SLOW'}")
     if missing:
         print(f"  not available yet: {', '.join(missing)}")
     rebuild = reconstruction(deltas, 3 if args.quick else 5)
@@ -202,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cli": cli,
         "cli_commands_missing": missing,
         "all_under_target": all(r["under_target"] for r in cli.values()),
+        "all_cpu_under_target": all(r["cpu_under_target"] for r in cli.values()),
         "reconstruction": rebuild,
     }
     print(f"wrote {common.write_result('registry_scale', result, args.out_dir)}")
