@@ -18,7 +18,7 @@ from registry.store import (
 )
 from unimmad_cl.errors import UserError
 from unimmad_cl.evaluation.report import (
-    ExpertUsage, average_incremental, backward_transfer, build_report, forgetting_best, forgetting_learned,
+    average_incremental, backward_transfer, build_report, forgetting_best, forgetting_learned,
     format_table, leader_shares, load_report, report_csv, report_json, write_report_files,
 )
 

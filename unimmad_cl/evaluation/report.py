@@ -153,7 +153,7 @@ def build_report(
         raise UserError(f"no {metric} evaluations recorded yet: train a stage first (train-base)")
     final = stages[-1]
     learned = {t: s for t, s in learned.items() if s <= final}
-    tasks = sorted(learned, key=lambda t: (learned[t], list(learned).index(t)))
+    tasks = sorted(learned, key=learned.get)  # stable: registration order within a stage
     stage_tasks = {s: [t for t in tasks if learned[t] == s] for s in stages}
     forgetting = {t: forgetting_best(matrix.get(t, {}), learned[t], final) for t in tasks}
     from_learned = {t: forgetting_learned(matrix.get(t, {}), learned[t], final) for t in tasks}
