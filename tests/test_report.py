@@ -184,7 +184,7 @@ def test_cli_report_table_and_errors(workspace, tmp_path):
 
 
 def test_report_json_imports_no_torch(workspace):
-    """`report --json` runs in a fresh interpreter without torch, timm or avalanche."""
+    """`report --json` runs in a fresh interpreter without torch, timm, avalanche or matplotlib."""
     code = textwrap.dedent(f"""
         import json, sys
         from click.testing import CliRunner
@@ -192,11 +192,11 @@ def test_report_json_imports_no_torch(workspace):
         result = CliRunner().invoke(cli.main, ["--workspace", {str(workspace)!r}, "report", "--json"])
         assert result.exit_code == 0, result.output
         data = json.loads(result.output)
-        heavy = [m for m in ("torch", "timm", "avalanche") if m in sys.modules]
+        heavy = [m for m in ("torch", "timm", "avalanche", "matplotlib") if m in sys.modules]
         print(json.dumps({{"heavy": heavy, "bwt": data["bwt"], "files": len(data["files"])}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert data["heavy"] == []
     assert math.isclose(data["bwt"], -np.mean([0.10, -0.05, 0.05]))
-    assert data["files"] == 5
+    assert data["files"] == 2  # JSON and CSV; PNGs only when asked (--plots) or for the table

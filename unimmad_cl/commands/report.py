@@ -21,13 +21,14 @@ from unimmad_cl.workspace import Workspace
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Folder for the JSON/CSV/PNG files (default <workspace>/reports).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
-@click.option("--no-plots", is_flag=True, help="Write only the JSON and CSV files (no matplotlib).")
+@click.option("--plots/--no-plots", default=None,
+              help="Draw the PNGs (default: yes for the table, no with --json, which stays fast for scripts).")
 @click.pass_obj
-def report(obj, metric, out_dir, as_json, no_plots):
+def report(obj, metric, out_dir, as_json, plots):
     """Stage × task matrix, forgetting, BWT, average incremental performance, plots.
 
-    Writes report_<metric>.json/.csv, forgetting_<metric>.png, matrix_<metric>.png and
-    expert_usage.png under <workspace>/reports (or --out).
+    Writes report_<metric>.json/.csv and (unless --json or --no-plots) forgetting_<metric>.png,
+    matrix_<metric>.png and expert_usage.png under <workspace>/reports (or --out).
     """
     from unimmad_cl.evaluation.report import REPORTS_DIR, format_table, load_report, report_json, write_report_files
 
@@ -35,7 +36,7 @@ def report(obj, metric, out_dir, as_json, no_plots):
     _check_out(out_dir)
     with workspace.open_registry() as registry:
         result = load_report(registry, workspace.path, metric)
-    result = write_report_files(result, out_dir or workspace.path / REPORTS_DIR, plots=not no_plots)
+    result = write_report_files(result, out_dir or workspace.path / REPORTS_DIR, plots=not as_json if plots is None else plots)
     if as_json:
         click.echo(json.dumps(report_json(result), indent=2))
         return
