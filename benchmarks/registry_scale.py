@@ -3,7 +3,7 @@ tasks and 200 stages, each a fresh CLI process (target < 1 s); model reconstruct
 against the number of deltas in the chain.
 
     python -m benchmarks.registry_scale            # 1,000 tasks, 200 stages, chains of 0/5/20 deltas
-    python -m benchmarks.registry_scale --quick    # 100 tasks, 20 stages, chains of 0/2/5
+    python -m benchmarks.registry_scale --quick    # 50 tasks, 10 stages, chains of 0/2/5
 
 The registry is filled through `registry.store` (no data needed): tasks with 2 classes,
 stage 0 (base) trains the first task and stage i the (i+1)-th with its parent i-1, and after
@@ -101,6 +101,8 @@ def time_cli(workspace: Path, n_tasks: int, runs: int) -> tuple[dict, list[str]]
     if has_command("report"):
         commands["report"] = ["report"]
         commands["report --json"] = ["report", "--json"]
+        # the registry queries and forgetting analysis alone (no matplotlib PNGs)
+        commands["report --json --no-plots"] = ["report", "--json", "--no-plots"]
     else:
         missing.append("report")
     base = cli_base()
@@ -188,9 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
     env = common.environment()
-    n_tasks = args.tasks or (100 if args.quick else 1000)
-    n_stages = args.stages or (20 if args.quick else 200)
-    runs = args.runs or (3 if args.quick else 5)
+    n_tasks = args.tasks or (50 if args.quick else 1000)
+    n_stages = args.stages or (10 if args.quick else 200)
+    runs = args.runs or (2 if args.quick else 5)
     deltas = (0, 2, 5) if args.quick else (0, 5, 20)
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp) / "ws"
