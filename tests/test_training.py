@@ -155,6 +155,18 @@ def test_interrupted_stage_resumes_to_the_same_model(tmp_path, monkeypatch):
     ends with exactly the model an uninterrupted run gives."""
     from unimmad_cl.training import stages
 
+    # Multithreaded CPU conv backward sums in a varying order (~1e-11 differences that
+    # training amplifies); one thread makes two runs comparable bit for bit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_resume(tmp_path, monkeypatch, stages)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_resume(tmp_path, monkeypatch, stages):
+
     data = tmp_path / "synth"
     run(["synth", "--out", str(data), "--train", "4", "--test", "2"], tmp_path / "x")
     args = ["train-base", "--tasks", "fabric", "--preset", "tiny", "--epochs", "2", "--batch-size", "4", "--quiet"]
@@ -171,7 +183,7 @@ def test_interrupted_stage_resumes_to_the_same_model(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "save_checkpoint", save_then_interrupt)
     interrupted = run(args, tmp_path / "resumed", ok=False)
     assert interrupted.exit_code == 130
-    monkeypatch.undo()
+    monkeypatch.setattr(stages, "save_checkpoint", real_save)
     ctx = open_ctx(tmp_path / "resumed")
     stage = store.get_stage(ctx.registry, 0)
     assert stage.status == "failed" and "interrupted after epoch 1" in stage.error
@@ -190,3 +202,65 @@ def test_a_second_training_command_is_refused_while_one_runs(trained):
     with workspace_lock(trained):
         busy = run(["train-incremental", "--quiet"], trained, ok=False)
     assert busy.exit_code == 2 and "is busy" in busy.output
+
+
+def test_torchrun_two_processes_match_a_single_process(tmp_path):
+    """`torchrun --nproc_per_node=2` (gloo) trains stage 0 with only rank 0 writing, and its
+    parameters equal one process doing the same computation: each step, the two ranks'
+    shards of the class-balanced draw, gradients averaged, one Adam step.
+
+    (BatchNorm batch statistics are per rank under DDP, so the reference accumulates the two
+    shards' gradients rather than running one batch of twice the size.)"""
+    import os
+    import subprocess
+    import sys
+
+    from registry import store as st
+    from unimmad_cl.config import ModelConfig
+    from unimmad_cl.data.dataset import ClassBalancedSampler, TaskDataset, collate
+    from unimmad_cl.model.unimmad import UniMMAD
+    from unimmad_cl.training.stages import task_samples
+
+    data, ws = tmp_path / "synth", tmp_path / "ddp"
+    run(["synth", "--out", str(data), "--train", "4", "--test", "2"], tmp_path / "x")
+    run(["add-task", "--from", str(data / "tasks.yaml")], ws)
+    args = ["train-base", "--tasks", "fabric", "--preset", "tiny", "--epochs", "1", "--batch-size", "2",
+            "--quiet", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
+         "-m", "cli", "--workspace", str(ws), *args],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("stage 0 completed") == 1  # rank 0 alone reports and writes
+    rows = json.loads(run(["stages", "--json"], ws).output)
+    assert [(r["stage"], r["status"]) for r in rows] == [(0, "completed")]
+    ctx = open_ctx(ws)
+    trained = dict(model_at_stage(ctx, 0).named_parameters())
+
+    # The reference: one process, same init, same draw, the ranks' shards step by step.
+    task = st.get_task(ctx.registry, "fabric")
+    dataset = TaskDataset(task_samples(task, "train"), 64, task_id=0, classes=task.classes)
+    draw = list(ClassBalancedSampler([(0, s.cls) for s in dataset.samples], seed=0))
+    torch.manual_seed(0)
+    model = UniMMAD(ModelConfig.preset("tiny")).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    # One thread like each torchrun worker: Adam turns the ~1e-11 differences of another
+    # summation order into sign flips of near-zero gradient entries.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in range(len(draw) // 4):
+            opt.zero_grad()
+            for rank in range(2):
+                shard = draw[step * 4 :][:4][rank::2]
+                batch = collate([dataset[i] for i in shard])
+                out = model(batch.images, batch.modality_mask)
+                (model.loss(out, batch.loss_weight, 0, 1).total / 2).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    worst = max((p - trained[n]).abs().max().item() for n, p in model.named_parameters())
+    assert worst < 1e-6, worst

@@ -65,14 +65,20 @@ def _terminate_as_interrupt():
 
 
 @contextmanager
-def _training_context(obj: dict, quiet: bool):
+def _training_context(obj: dict, quiet: bool, device: str | None):
+    """Registry, workspace lock (rank 0 only) and, under torchrun, the process group."""
+    from contextlib import nullcontext
+
+    from unimmad_cl.training.distributed import init_from_env
     from unimmad_cl.training.lock import workspace_lock
     from unimmad_cl.training.stages import Context
 
+    d = init_from_env(device or "auto")
     workspace = Workspace.resolve(obj["workspace"], obj["db_url"])
-    with workspace.open_registry() as registry, workspace_lock(workspace.path), _terminate_as_interrupt():
-        echo = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-        yield Context(workspace.path, registry, progress=not quiet, echo=echo)
+    lock = workspace_lock(workspace.path) if d.is_main else nullcontext()
+    with workspace.open_registry() as registry, lock, _terminate_as_interrupt():
+        echo = (lambda _msg: None) if quiet or not d.is_main else (lambda msg: click.echo(msg, err=True))
+        yield Context(workspace.path, registry, progress=not quiet, echo=echo, dist=d)
 
 
 def _train_overrides(epochs, batch_size, lr, seed, device, num_workers, replay_ratio, trainable=None) -> dict:
@@ -99,9 +105,10 @@ def train_base(obj, tasks, preset, config_file, epochs, batch_size, lr, seed, de
     train_config = train_config.with_overrides(
         **_train_overrides(epochs, batch_size, lr, seed, device, num_workers, replay_ratio)
     )
-    with _training_context(obj, quiet) as ctx:
+    with _training_context(obj, quiet, device) as ctx:
         report = run(ctx, _task_list(tasks), model_config, train_config, restart=restart)
-    click.echo(f"stage {report.number} completed: {report.artifact.path} ({report.artifact.bytes:,} bytes)")
+    if ctx.dist.is_main:
+        click.echo(f"stage {report.number} completed: {report.artifact.path} ({report.artifact.bytes:,} bytes)")
 
 
 @click.command("train-incremental")
@@ -118,7 +125,7 @@ def train_incremental(obj, tasks, preset, config_file, epochs, batch_size, lr, s
     from unimmad_cl.config import load_configs
     from unimmad_cl.training.stages import train_incremental as run
 
-    with _training_context(obj, quiet) as ctx:
+    with _training_context(obj, quiet, device) as ctx:
         if preset or config_file:
             _, train_config = load_configs(preset or "paper", config_file)
         else:
@@ -127,7 +134,7 @@ def train_incremental(obj, tasks, preset, config_file, epochs, batch_size, lr, s
             **_train_overrides(epochs, batch_size, lr, seed, device, num_workers, replay_ratio, trainable)
         )
         reports = run(ctx, _task_list(tasks), train_config, restart=restart)
-    for report in reports:
+    for report in reports if ctx.dist.is_main else []:
         click.echo(f"stage {report.number} completed: {report.artifact.path} ({report.artifact.bytes:,} bytes)")
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from unimmad_cl.config import TrainConfig
 from unimmad_cl.data.dataset import ClassBalancedSampler, MultiTaskDataset, collate
+from unimmad_cl.training.distributed import SINGLE, Dist, ShardedSampler, all_mean
 
 
 def cosine_lr(base_lr: float, epoch: int, total_epochs: int) -> float:
@@ -37,16 +38,20 @@ class EpochStats:
     seconds: float
 
 
-def make_loader(dataset: MultiTaskDataset, config: TrainConfig) -> DataLoader:
-    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size)."""
+def make_loader(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE) -> DataLoader:
+    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size); under DDP
+    each rank gets its shard of the same draw."""
     sampler = ClassBalancedSampler(dataset.class_keys(), seed=config.seed)
+    if d.active:
+        sampler = ShardedSampler(sampler, d)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
         collate_fn=collate,
         num_workers=config.num_workers,
-        drop_last=len(dataset) > config.batch_size,
+        # A last batch of one sample would give BatchNorm a single value per channel.
+        drop_last=len(sampler) > config.batch_size,
     )
 
 
@@ -60,12 +65,19 @@ def train_epochs(
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    d: Dist = SINGLE,
 ) -> list[EpochStats]:
     """Train from `start_epoch` to `config.epochs`; `on_epoch_end` runs after each epoch
-    (checkpointing)."""
+    (checkpointing). Under DDP the forward runs through the DDP wrapper, which averages the
+    gradients over ranks; the loss is computed by the wrapped model."""
     from tqdm import tqdm
 
     autocast = device.type == "cuda" and config.amp
+    net = model
+    if d.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     history = []
     for epoch in range(start_epoch, config.epochs):
         for group in optimizer.param_groups:
@@ -74,11 +86,14 @@ def train_epochs(
         model.train()
         totals = torch.zeros(3, dtype=torch.float64)
         seen, start = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+        bar = tqdm(
+            loader, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=not progress or not d.is_main,
+            leave=False, unit="batch",
+        )
         for batch in bar:
             batch = batch.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                output = model(batch.images, batch.modality_mask)
+                output = net(batch.images, batch.modality_mask)
                 losses = model.loss(output, batch.loss_weight, epoch, config.epochs)
             optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
@@ -88,7 +103,7 @@ def train_epochs(
             totals += torch.tensor([losses.total.item(), losses.consistency.item(), losses.load_balance.item()]) * n
             bar.set_postfix(loss=f"{totals[0].item() / seen:.4f}", samples_per_s=f"{seen / (time.perf_counter() - start):.1f}")
         bar.close()
-        mean = (totals / max(seen, 1)).tolist()
+        mean = all_mean(d, totals / max(seen, 1)).tolist()
         stats = EpochStats(epoch, mean[0], mean[1], mean[2], seen, time.perf_counter() - start)
         history.append(stats)
         if on_epoch_end is not None:

@@ -37,7 +37,8 @@ from unimmad_cl.files import write_text_atomic
 from unimmad_cl.model.io import save_model
 from unimmad_cl.model.unimmad import UniMMAD, freeze_for_incremental
 from unimmad_cl.training import artifacts, replay
-from unimmad_cl.training.checkpoint import checkpoint_path, load_checkpoint, read_checkpoint_info, save_checkpoint
+from unimmad_cl.training.checkpoint import CHECKPOINTS_DIR, checkpoint_path, load_checkpoint, read_checkpoint_info, save_checkpoint
+from unimmad_cl.training.distributed import SINGLE, Dist, barrier, decide, rank_device
 from unimmad_cl.training.loop import EpochStats, make_loader, resolve_device, train_epochs
 
 EVALUATIONS_DIR = "evaluations"
@@ -51,6 +52,8 @@ class Context:
     registry: store.Registry
     progress: bool = True
     echo: Callable[[str], None] = print
+    # Under torchrun: this process's rank. Only rank 0 writes the registry and files.
+    dist: Dist = SINGLE
 
 
 @dataclass
@@ -188,6 +191,11 @@ def _fingerprint(kind: str, tasks: list[str], parent: int | None, model: ModelCo
 def _settle_unfinished(ctx: Context) -> StageInfo | None:
     """The unfinished stage, if any. One left "running" belongs to a dead process (the
     caller holds the workspace lock): it is marked failed so it can be resumed."""
+    # Temporary files of writes a crash cut short (only our folders: `report` may be writing
+    # elsewhere in the workspace right now).
+    for folder in (artifacts.MODELS_DIR, CHECKPOINTS_DIR, EVALUATIONS_DIR):
+        for stale in (ctx.workspace / folder).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     unfinished = [s for s in store.list_stages(ctx.registry) if s.status != "completed"]
     if not unfinished:
         return None
@@ -231,73 +239,96 @@ def run_stage(
     total = sum(p.numel() for p in model.parameters())
     n_trainable = sum(params[n].numel() for n in trainable)
 
-    # Decide resume vs fresh start before writing anything.
-    start_epoch = 0
+    d = ctx.dist
     ckpt = checkpoint_path(ctx.workspace, number) if number is not None else None
-    if ckpt is not None and ckpt.exists():
-        if restart:
-            ckpt.unlink()
-        else:
-            info = read_checkpoint_info(ckpt)
-            if info.fingerprint != fingerprint:
-                raise UserError(
-                    f"checkpoint {ckpt} of stage {number} was made with other settings; rerun with the "
-                    "same flags to resume it, or pass --restart to discard it"
-                )
-            start_epoch = load_checkpoint(ckpt, model, optimizer, trainable).epochs_done
 
-    stage = store.start_stage(
-        ctx.registry, kind, names, parent=parent.number if parent else None, number=number,
-        config={"model": model.config.to_dict(), "train": config.to_dict()}, seed=config.seed,
-        trainable_params=n_trainable, total_params=total, trainable_names=trainable,
-    )
-    number = stage.number
+    def begin() -> tuple[int, int]:
+        """Resume or restart decision (before any write), then the stage row."""
+        start_epoch = 0
+        if ckpt is not None and ckpt.exists():
+            if restart:
+                ckpt.unlink()
+            else:
+                info = read_checkpoint_info(ckpt)
+                if info.fingerprint != fingerprint:
+                    raise UserError(
+                        f"checkpoint {ckpt} of stage {number} was made with other settings; rerun with the "
+                        "same flags to resume it, or pass --restart to discard it"
+                    )
+                start_epoch = info.epochs_done
+        stage = store.start_stage(
+            ctx.registry, kind, names, parent=parent.number if parent else None, number=number,
+            config={"model": model.config.to_dict(), "train": config.to_dict()}, seed=config.seed,
+            trainable_params=n_trainable, total_params=total, trainable_names=trainable,
+        )
+        return stage.number, start_epoch
+
+    number, start_epoch = decide(d, begin)
     ckpt = checkpoint_path(ctx.workspace, number)
-    replay_count = sum(len(d) for d in replay_sets)
+    if start_epoch:
+        load_checkpoint(ckpt, model, optimizer, trainable)
+    replay_count = sum(len(r) for r in replay_sets)
     ctx.echo(
         f"stage {number} ({kind}) on {', '.join(names)}: {len(dataset)} training samples "
         f"({replay_count} replayed), {n_trainable:,} of {total:,} parameters trainable"
+        + (f", {d.world} processes" if d.active else "")
         + (f", resuming after epoch {start_epoch}" if start_epoch else "")
     )
     started = time.perf_counter()
 
     def on_epoch_end(stats: EpochStats) -> None:
-        save_checkpoint(ckpt, model, tensor_names, optimizer, trainable, stats.epoch + 1, names, fingerprint)
+        if d.is_main:
+            save_checkpoint(ckpt, model, tensor_names, optimizer, trainable, stats.epoch + 1, names, fingerprint)
+        barrier(d)
         ctx.echo(
             f"  epoch {stats.epoch + 1}/{config.epochs}  loss {stats.loss:.4f} "
             f"(consistency {stats.consistency:.4f}, balance {stats.load_balance:.4f})  "
             f"{stats.samples / max(stats.seconds, 1e-9):.1f} samples/s"
         )
 
-    try:
-        history = train_epochs(
-            model, make_loader(dataset, config), optimizer, config, device,
-            start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=ctx.progress, desc=f"stage {number}",
-        )
+    def finish() -> tuple[ArtifactInfo, dict[str, dict[str, float]], float]:
         artifact = _write_artifact(ctx, model, kind, number, parent, tensor_names, names)
         trained = [t for t in store.list_tasks(ctx.registry) if t.trained_in_stage is not None] + tasks
         model.eval()
         results = evaluate_tasks(ctx, model, trained, config, device)
-        store.record_evaluations(ctx.registry, number, evaluation_rows(results))
         write_evaluation_summary(ctx, number, results)
-        for task in tasks:
-            kept = replay_selection(train_samples[task.name], config)
-            store.record_replay_buffer(
-                ctx.registry, task.name, policy=replay.POLICY, seed=config.seed, ratio=config.replay_ratio,
-                samples=[ReplayItem(s.cls, s.stem, s.paths) for s in kept], stage=number,
+        buffers = [
+            store.ReplayBufferSpec(
+                task.name, replay.POLICY, config.seed, config.replay_ratio,
+                tuple(ReplayItem(s.cls, s.stem, s.paths) for s in replay_selection(train_samples[task.name], config)),
             )
+            for task in tasks
+        ]
         seconds = time.perf_counter() - started
-        store.complete_stage(ctx.registry, number, artifact=artifact, seconds=seconds)
+        # Results and completion in one transaction: a crash leaves all of them or none.
+        store.complete_stage(
+            ctx.registry, number, artifact=artifact, seconds=seconds,
+            evaluations=evaluation_rows(results), replay_buffers=buffers,
+        )
+        return artifact, {task: r.mean for task, r in results.items()}, seconds
+
+    try:
+        history = train_epochs(
+            model, make_loader(dataset, config, d), optimizer, config, device, start_epoch=start_epoch,
+            on_epoch_end=on_epoch_end, progress=ctx.progress, desc=f"stage {number}", d=d,
+        )
+        artifact, evaluation, seconds = decide(d, finish)
     except KeyboardInterrupt:
-        kept = read_checkpoint_info(ckpt).epochs_done if ckpt.exists() else 0
-        store.fail_stage(ctx.registry, number, f"interrupted after epoch {kept}; rerun the command to resume")
+        if d.is_main:
+            kept = read_checkpoint_info(ckpt).epochs_done if ckpt.exists() else 0
+            store.fail_stage(ctx.registry, number, f"interrupted after epoch {kept}; rerun the command to resume")
         raise
     except BaseException as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        store.fail_stage(ctx.registry, number, f"{type(exc).__name__}: {first}")
+        if d.is_main:
+            if isinstance(exc, UserError) and not ckpt.exists():
+                # Bad input found before any epoch finished: leave the registry as it was.
+                store.discard_stage(ctx.registry, number)
+            else:
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                store.fail_stage(ctx.registry, number, f"{type(exc).__name__}: {first}")
         raise
-    ckpt.unlink(missing_ok=True)
-    evaluation = {task: r.mean for task, r in results.items()}
+    if d.is_main:
+        ckpt.unlink(missing_ok=True)
     for task, mean in evaluation.items():
         ctx.echo(f"  {task}: I-AUROC {mean['i_auroc']:.3f}  P-AUROC {mean['p_auroc']:.3f}  AUPRO {mean['aupro']:.3f}")
     return StageReport(
@@ -352,15 +383,18 @@ def train_base(
     restart: bool = False,
 ) -> StageReport:
     """Stage 0: build the full model and train it jointly on `tasks` (default: all untrained)."""
-    if any(s.kind == "base" and s.status == "completed" for s in store.list_stages(ctx.registry)):
-        raise UserError("the base stage is already trained; add new tasks with train-incremental")
-    _settle_unfinished(ctx)
-    chosen = _select_tasks(ctx.registry, tasks)
-    if not chosen:
-        raise UserError("no untrained tasks to train: register tasks with add-task first")
-    names = [t.name for t in chosen]
-    train_samples = {t.name: _nonempty_train(t) for t in chosen}
-    device = resolve_device(config.device)
+
+    def plan() -> tuple[list[TaskInfo], dict[str, list[Sample]]]:
+        if any(s.kind == "base" and s.status == "completed" for s in store.list_stages(ctx.registry)):
+            raise UserError("the base stage is already trained; add new tasks with train-incremental")
+        _settle_unfinished(ctx)
+        chosen = _select_tasks(ctx.registry, tasks)
+        if not chosen:
+            raise UserError("no untrained tasks to train: register tasks with add-task first")
+        return chosen, {t.name: _nonempty_train(t) for t in chosen}
+
+    chosen, train_samples = decide(ctx.dist, plan)
+    device = rank_device(ctx.dist, resolve_device(config.device))
     torch.manual_seed(config.seed)
     model = UniMMAD(model_config).to(device)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -375,33 +409,37 @@ def train_incremental(
     ctx: Context, tasks: Sequence[str] | None, config: TrainConfig, restart: bool = False
 ) -> list[StageReport]:
     """One stage per task (given order, else registration order) on top of the latest model."""
-    if latest_completed_stage(ctx.registry) is None:
-        raise UserError("no trained model yet: run train-base first")
-    unfinished = _settle_unfinished(ctx)
-    chosen = _select_tasks(ctx.registry, tasks)
-    if not chosen:
-        raise UserError("no untrained tasks: register a new task with add-task first")
-    for task in chosen:  # check all the data before the first stage starts
-        _nonempty_train(task)
-    device = resolve_device(config.device)
+
+    def plan() -> tuple[list[TaskInfo], StageInfo | None]:
+        if latest_completed_stage(ctx.registry) is None:
+            raise UserError("no trained model yet: run train-base first")
+        unfinished = _settle_unfinished(ctx)
+        chosen = _select_tasks(ctx.registry, tasks)
+        if not chosen:
+            raise UserError("no untrained tasks: register a new task with add-task first")
+        for task in chosen:  # check all the data before the first stage starts
+            _nonempty_train(task)
+        return chosen, unfinished
+
+    chosen, unfinished = decide(ctx.dist, plan)
+    device = rank_device(ctx.dist, resolve_device(config.device))
     reports = []
     for task in chosen:
-        parent = latest_completed_stage(ctx.registry)
+        parent, previous, number = decide(
+            ctx.dist, lambda: _incremental_inputs(ctx, unfinished, task)
+        )
         model = model_at_stage(ctx, parent.number, device)
         if config.trainable == "all":
             trainable = [n for n, p in model.named_parameters() if not n.startswith("prior.")]
             freeze_for_incremental(model, trainable)
         else:
             trainable = freeze_for_incremental(model)
-        previous = trained_tasks_at(ctx.registry, parent.number)
         ids = task_ids(ctx.registry)
-        replay_sets = []
-        if config.replay_ratio > 0:
-            for old in previous:
-                kept = replay_samples(ctx.registry, old)
-                if kept:
-                    replay_sets.append(task_dataset(old, ids[old.name], model.config.image_size, kept))
-        number = _stage_number(ctx, unfinished, [task.name])
+        replay_sets = [
+            task_dataset(old, ids[old.name], model.config.image_size, kept)
+            for old, kept in previous
+            if kept and config.replay_ratio > 0
+        ]
         reports.append(
             run_stage(
                 ctx, kind="incremental", number=number, tasks=[task], parent=parent, model=model,
@@ -411,6 +449,15 @@ def train_incremental(
         )
         unfinished = None
     return reports
+
+
+def _incremental_inputs(
+    ctx: Context, unfinished: StageInfo | None, task: TaskInfo
+) -> tuple[StageInfo, list[tuple[TaskInfo, list[Sample]]], int | None]:
+    """Parent stage, each earlier task with its replay samples, and the stage number to reuse."""
+    parent = latest_completed_stage(ctx.registry)
+    previous = [(old, replay_samples(ctx.registry, old)) for old in trained_tasks_at(ctx.registry, parent.number)]
+    return parent, previous, _stage_number(ctx, unfinished, [task.name])
 
 
 def _nonempty_train(task: TaskInfo) -> list[Sample]:
