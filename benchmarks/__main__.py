@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; expected one of: {', '.join(SUITE)}")
-    failed, start = [], time.perf_counter()
+    failed, skipped, start = [], [], time.perf_counter()
     for name in names:
         module, full, quick = SUITE[name]
         argv_ = list(quick if args.quick else full)
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             argv_ += ["--threads", str(args.threads), "--out-dir", str(args.out_dir)]
         if name == "cli_startup" and Path(args.out_dir).resolve() != RESULTS_DIR.resolve():
             print("=== cli_startup: skipped (it always writes benchmarks/results/cli_startup.json)\n")
+            skipped.append(name)
             continue
         print(f"=== {name}: python -m {module} {' '.join(argv_)}", flush=True)
         t0 = time.perf_counter()
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             print(f"!!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
         print(f"=== {name}: {time.perf_counter() - t0:.0f} s\n", flush=True)
-    print(f"suite: {len(names) - len(failed)}/{len(names)} benchmarks in {time.perf_counter() - start:.0f} s"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    ran = len(names) - len(skipped)
+    print(f"suite: {ran - len(failed)}/{ran} benchmarks in {time.perf_counter() - start:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
     return 1 if failed else 0
 
 
