@@ -15,6 +15,13 @@ from unimmad_cl.errors import UserError
 DEFAULT_WORKSPACE = "unimmad-workspace"
 REGISTRY_FILE = "registry.db"
 DATA_FOLDER = "data"
+# Per-stage evaluation summaries (mean metrics and MoE-Leader usage per task), written by
+# the training engine and read by `report`.
+EVALUATIONS_DIR = "evaluations"
+
+
+def evaluation_summary_path(workspace: Path, stage: int) -> Path:
+    return Path(workspace) / EVALUATIONS_DIR / f"stage_{stage:03d}.json"
 
 
 @dataclass(frozen=True)

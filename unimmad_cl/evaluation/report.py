@@ -33,10 +33,8 @@ import numpy as np
 from unimmad_cl.errors import UserError
 from unimmad_cl.evaluation.metrics import METRIC_KEYS
 from unimmad_cl.files import write_text_atomic
+from unimmad_cl.workspace import evaluation_summary_path
 
-# Where the training engine writes the per-stage evaluation summaries (with leader usage);
-# the same name as `unimmad_cl.training.stages.EVALUATIONS_DIR`, which imports torch.
-EVALUATIONS_DIR = "evaluations"
 REPORTS_DIR = "reports"
 
 METRIC_LABELS = {
@@ -179,7 +177,7 @@ def build_report(
 
 def load_expert_usage(workspace: Path, stage: int, kernel_sizes: tuple[int, ...] = ()) -> ExpertUsage | None:
     """Leader counts per task from `<workspace>/evaluations/stage_NNN.json` (None if absent)."""
-    path = Path(workspace) / EVALUATIONS_DIR / f"stage_{stage:03d}.json"
+    path = evaluation_summary_path(workspace, stage)
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:

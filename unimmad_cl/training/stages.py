@@ -34,15 +34,13 @@ from unimmad_cl.data.readers import list_samples
 from unimmad_cl.data.records import Sample
 from unimmad_cl.errors import UserError
 from unimmad_cl.files import write_text_atomic
+from unimmad_cl.workspace import EVALUATIONS_DIR, evaluation_summary_path
 from unimmad_cl.model.io import save_model
 from unimmad_cl.model.unimmad import UniMMAD, freeze_for_incremental
 from unimmad_cl.training import artifacts, replay
 from unimmad_cl.training.checkpoint import CHECKPOINTS_DIR, checkpoint_path, load_checkpoint, read_checkpoint_info, save_checkpoint
 from unimmad_cl.training.distributed import SINGLE, Dist, barrier, decide, rank_device
 from unimmad_cl.training.loop import EpochStats, make_loader, resolve_device, train_epochs
-
-EVALUATIONS_DIR = "evaluations"
-
 
 @dataclass
 class Context:
@@ -173,7 +171,7 @@ def write_evaluation_summary(ctx: Context, stage: int, results: dict) -> Path:
         }
         for task, r in results.items()
     }
-    path = ctx.workspace / EVALUATIONS_DIR / f"stage_{stage:03d}.json"
+    path = evaluation_summary_path(ctx.workspace, stage)
     write_text_atomic(path, json.dumps(summary, indent=1, allow_nan=True))
     return path
 
