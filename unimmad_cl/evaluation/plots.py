@@ -16,6 +16,16 @@ from unimmad_cl.evaluation.report import METRIC_LABELS, ExpertUsage, Report
 from unimmad_cl.files import atomic_path
 
 DPI = 110
+# Beyond these counts per-item labels, legends and cell values would be unreadable and
+# slow to draw (a registry may hold 1,000 tasks and 200 stages): figures stay bounded.
+MAX_LABELS = 40
+MAX_LEGEND = 20
+MAX_ANNOTATED_CELLS = 400
+MAX_INCHES = 18.0
+
+
+def _size(width: float, height: float) -> tuple[float, float]:
+    return min(width, MAX_INCHES), min(height, MAX_INCHES)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -47,20 +57,22 @@ def _colors(n: int):
 def forgetting_curves(report: Report, path: Path) -> Path:
     """One line per task: its metric at every stage from the one that learned it on."""
     label = METRIC_LABELS[report.metric]
-    fig = Figure(figsize=(max(7.0, 1.1 * len(report.stages) + 3.5), 4.8))
+    fig = Figure(figsize=_size(max(7.0, 1.1 * len(report.stages) + 3.5), 4.8))
     ax = fig.add_subplot()
     for task, color in zip(report.tasks, _colors(len(report.tasks))):
         row = report.matrix.get(task, {})
         xs = [s for s in report.stages if s >= report.learned[task] and s in row]
         ax.plot(xs, [row[s] for s in xs], marker="o", color=color, label=task)
-    ax.set_xticks(report.stages, _stage_labels(report), fontsize=8)
+    if len(report.stages) <= MAX_LABELS:
+        ax.set_xticks(report.stages, _stage_labels(report), fontsize=8)
     ax.set_xlabel("stage (tasks added)")
     ax.set_ylabel(label)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     forgetting = "-" if report.average_forgetting is None else f"{report.average_forgetting:.3f}"
     ax.set_title(f"Forgetting curves: {label} per task over stages (average forgetting {forgetting})")
-    ax.legend(title="task", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    if len(report.tasks) <= MAX_LEGEND:
+        ax.legend(title="task", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return _save(fig, path)
 
 
@@ -72,16 +84,19 @@ def stage_task_matrix(report: Report, path: Path) -> Path:
         for j, s in enumerate(report.stages):
             if s >= report.learned[task] and s in report.matrix.get(task, {}):
                 values[i, j] = report.matrix[task][s]
-    fig = Figure(figsize=(max(6.0, 1.0 * len(report.stages) + 3.0), max(3.0, 0.45 * len(report.tasks) + 2.0)))
+    fig = Figure(figsize=_size(max(6.0, 1.0 * len(report.stages) + 3.0), max(3.0, 0.45 * len(report.tasks) + 2.0)))
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if values[i, j] > 0.6 else "white")
-    ax.set_xticks(range(len(report.stages)), _stage_labels(report), fontsize=8)
-    ax.set_yticks(range(len(report.tasks)), report.tasks, fontsize=8)
+    if values.size <= MAX_ANNOTATED_CELLS:
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                if not np.isnan(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if values[i, j] > 0.6 else "white")
+    if len(report.stages) <= MAX_LABELS:
+        ax.set_xticks(range(len(report.stages)), _stage_labels(report), fontsize=8)
+    if len(report.tasks) <= MAX_LABELS:
+        ax.set_yticks(range(len(report.tasks)), report.tasks, fontsize=8)
     ax.set_xlabel("stage (tasks added)")
     ax.set_ylabel("task")
     ax.set_title(f"{label}: stage × task matrix")
@@ -95,7 +110,7 @@ def expert_usage(usage: ExpertUsage, tasks: list[str], path: Path) -> Path:
     shares = usage.shares()
     tasks = [t for t in tasks if t in shares] + [t for t in shares if t not in tasks]
     scales, branches, leaders = next(iter(shares.values())).shape
-    fig = Figure(figsize=(max(8.0, 0.09 * branches * leaders + 3.5), (0.3 * len(tasks) + 1.2) * scales + 0.8))
+    fig = Figure(figsize=_size(max(8.0, 0.09 * branches * leaders + 3.5), (0.3 * len(tasks) + 1.2) * scales + 0.8))
     axes = fig.subplots(scales, 1, squeeze=False)[:, 0]
     kernel_sizes = usage.kernel_sizes if len(usage.kernel_sizes) == branches else tuple(range(1, branches + 1))
     vmax = max(float(s.max()) for s in shares.values()) or 1.0
@@ -104,7 +119,8 @@ def expert_usage(usage: ExpertUsage, tasks: list[str], path: Path) -> Path:
         image = ax.imshow(grid, cmap="magma", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
         for b in range(1, branches):
             ax.axvline(b * leaders - 0.5, color="white", linewidth=1.5)
-        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        if len(tasks) <= MAX_LABELS:
+            ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
         ax.set_xticks([b * leaders + (leaders - 1) / 2 for b in range(branches)],
                       [f"{k}×{k} branch: leaders 0–{leaders - 1}" for k in kernel_sizes], fontsize=8)
         ax.set_ylabel(f"scale {scale + 1}\ntask", fontsize=9)
