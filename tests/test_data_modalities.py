@@ -53,7 +53,8 @@ def test_readers_import_without_numpy_or_torch():
         "bad = [m for m in ('torch', 'numpy', 'PIL', 'tifffile') if m in sys.modules]\n"
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_rgb_is_imagenet_normalized_and_resized(tmp_path):

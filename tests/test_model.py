@@ -202,8 +202,9 @@ def test_freezing_sends_gradients_only_to_the_incremental_subset():
 
 
 def test_random_backbone_warns_loudly():
-    with pytest.warns(RandomBackboneWarning, match="RANDOM weights"):
+    with pytest.warns(RandomBackboneWarning, match="RANDOM weights") as caught:
         UniMMAD(TINY)
+    assert "resnet18" in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RandomBackboneWarning)
         UniMMAD(TINY, load_weights=False)  # weights come from a checkpoint: no warning
