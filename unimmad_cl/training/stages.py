@@ -8,9 +8,9 @@ the tensors it may change. After each stage every task trained so far is evaluat
 metrics are stored: the history behind forgetting curves.
 
 Order of writes in a stage, so that a crash at any point leaves a consistent registry:
-stage row "running" → per-epoch checkpoints → artifact file (atomic rename) → evaluations
-and replay buffers → stage "completed" (only now are its tasks marked trained) → checkpoint
-removed. An interrupted stage is marked failed (or found "running" by the next command,
+stage row "running" → per-epoch checkpoints → artifact file (atomic rename) → evaluation
+summary file → ONE transaction: evaluations, replay buffers, stage "completed" and its tasks
+marked trained → checkpoint removed. An interrupted stage is marked failed (or found "running" by the next command,
 which holds the workspace lock, so it must be dead) and the same command resumes it from its
 last checkpoint.
 """
@@ -33,14 +33,16 @@ from unimmad_cl.data.dataset import MultiTaskDataset, TaskDataset
 from unimmad_cl.data.readers import list_samples
 from unimmad_cl.data.records import Sample
 from unimmad_cl.errors import UserError
+from unimmad_cl.evaluation.runner import EvaluationResult, evaluate_task
 from unimmad_cl.files import write_text_atomic
-from unimmad_cl.workspace import EVALUATIONS_DIR, evaluation_summary_path
 from unimmad_cl.model.io import save_model
 from unimmad_cl.model.unimmad import UniMMAD, freeze_for_incremental
 from unimmad_cl.training import artifacts, replay
 from unimmad_cl.training.checkpoint import CHECKPOINTS_DIR, checkpoint_path, load_checkpoint, read_checkpoint_info, save_checkpoint
 from unimmad_cl.training.distributed import SINGLE, Dist, barrier, decide, rank_device
 from unimmad_cl.training.loop import EpochStats, make_loader, resolve_device, train_epochs
+from unimmad_cl.workspace import EVALUATIONS_DIR, evaluation_summary_path
+
 
 @dataclass
 class Context:
@@ -137,9 +139,7 @@ def trained_tasks_at(registry: store.Registry, number: int) -> list[TaskInfo]:
 
 def evaluate_tasks(
     ctx: Context, model: UniMMAD, tasks: Sequence[TaskInfo], config: TrainConfig, device: torch.device
-) -> dict[str, "EvaluationResult"]:  # noqa: F821 - imported lazily
-    from unimmad_cl.evaluation.runner import evaluate_task
-
+) -> dict[str, EvaluationResult]:
     ids = task_ids(ctx.registry)
     results = {}
     for task in tasks:
@@ -151,7 +151,7 @@ def evaluate_tasks(
     return results
 
 
-def evaluation_rows(results: dict) -> list[EvaluationRow]:
+def evaluation_rows(results: dict[str, EvaluationResult]) -> list[EvaluationRow]:
     """Registry rows; undefined (NaN) metrics, e.g. pixel metrics without masks, are skipped."""
     rows = []
     for task, result in results.items():
@@ -160,7 +160,7 @@ def evaluation_rows(results: dict) -> list[EvaluationRow]:
     return rows
 
 
-def write_evaluation_summary(ctx: Context, stage: int, results: dict) -> Path:
+def write_evaluation_summary(ctx: Context, stage: int, results: dict[str, EvaluationResult]) -> Path:
     """`evaluations/stage_NNN.json`: per task the mean metrics and the MoE-Leader usage
     counts `[L, K, N_r]` (the report's task-isolation picture)."""
     summary = {
@@ -203,7 +203,7 @@ def _settle_unfinished(ctx: Context) -> StageInfo | None:
     return stage
 
 
-def _stage_number(ctx: Context, unfinished: StageInfo | None, tasks: list[str]) -> int | None:
+def _stage_number(unfinished: StageInfo | None, tasks: list[str]) -> int | None:
     """Reuse the number of an unfinished stage of the same tasks (resume/restart)."""
     if unfinished is not None and list(unfinished.tasks) == tasks:
         return unfinished.number
@@ -455,7 +455,7 @@ def _incremental_inputs(
     """Parent stage, each earlier task with its replay samples, and the stage number to reuse."""
     parent = latest_completed_stage(ctx.registry)
     previous = [(old, replay_samples(ctx.registry, old)) for old in trained_tasks_at(ctx.registry, parent.number)]
-    return parent, previous, _stage_number(ctx, unfinished, [task.name])
+    return parent, previous, _stage_number(unfinished, [task.name])
 
 
 def _nonempty_train(task: TaskInfo) -> list[Sample]:
