@@ -264,3 +264,44 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path):
         torch.set_num_threads(threads)
     worst = max((p - trained[n]).abs().max().item() for n, p in model.named_parameters())
     assert worst < 1e-6, worst
+
+
+def test_replayed_classes_are_drawn_at_their_natural_share():
+    """A replayed class of 1 kept image out of 50 weighs like one image of a 50-image class,
+    not like a whole class."""
+    from unimmad_cl.data.dataset import ClassBalancedSampler
+
+    keys = [(1, "new")] * 50 + [(0, "old")]
+    balanced = ClassBalancedSampler(keys, seed=0, num_samples=20_000)
+    natural = ClassBalancedSampler(keys, seed=0, num_samples=20_000, class_sizes={(0, "old"): 50})
+    share = lambda sampler: sum(i == 50 for i in sampler) / 20_000  # noqa: E731
+    assert share(balanced) == pytest.approx(0.5, abs=0.02)
+    assert share(natural) == pytest.approx(1 / 51, abs=0.005)
+
+
+def test_a_failed_stage_number_is_reused_only_past_the_latest_completed_stage():
+    from types import SimpleNamespace
+
+    from unimmad_cl.training.stages import _stage_number
+
+    failed = SimpleNamespace(number=1, tasks=("a",))
+    assert _stage_number(failed, ["a"], SimpleNamespace(number=0)) == 1
+    assert _stage_number(failed, ["a"], SimpleNamespace(number=2)) is None  # stage 2 completed meanwhile
+    assert _stage_number(failed, ["b"], SimpleNamespace(number=0)) is None
+
+
+def test_a_delta_with_a_wrongly_shaped_tensor_is_refused(trained, tmp_path):
+    from unimmad_cl.errors import UserError
+
+    ctx = open_ctx(trained)
+    model = model_at_stage(ctx, 0)
+    path = tmp_path / "bad.delta.safetensors"
+    from unimmad_cl.model.io import write_safetensors_atomic
+
+    name = "cmoe.0.branches.0.leaders.mixing"
+    write_safetensors_atomic(
+        {name: torch.zeros(1, 2, 3)}, path,
+        {"format": artifacts.DELTA_FORMAT, "parent_sha256": "x"},
+    )
+    with pytest.raises(UserError, match="has shape"):
+        artifacts.apply_delta(model, path, "x")

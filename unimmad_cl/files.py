@@ -27,6 +27,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # the workspace must read reports and models).
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        # The rename itself must reach the disk before anyone records the file (power loss).
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -69,14 +69,16 @@ def _training_context(obj: dict, quiet: bool, device: str | None):
     """Registry, workspace lock (rank 0 only) and, under torchrun, the process group."""
     from contextlib import nullcontext
 
-    from unimmad_cl.training.distributed import init_from_env
+    from unimmad_cl.training.distributed import decide, init_from_env
     from unimmad_cl.training.lock import workspace_lock
     from unimmad_cl.training.stages import Context
 
     d = init_from_env(device or "auto")
     workspace = Workspace.resolve(obj["workspace"], obj["db_url"])
     lock = workspace_lock(workspace.path) if d.is_main else nullcontext()
-    with workspace.open_registry() as registry, lock, _terminate_as_interrupt():
+    # Rank 0 migrates the schema if needed; the others open it only once that is done.
+    decide(d, lambda: workspace.open_registry().close())
+    with workspace.open_registry(upgrade=False) as registry, lock, _terminate_as_interrupt():
         echo = (lambda _msg: None) if quiet or not d.is_main else (lambda msg: click.echo(msg, err=True))
         yield Context(workspace.path, registry, progress=not quiet, echo=echo, dist=d)
 

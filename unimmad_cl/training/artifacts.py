@@ -99,6 +99,12 @@ def apply_delta(model: nn.Module, path: Path, parent_sha256: str) -> None:
     unknown = [n for n in tensors if n not in state]
     if unknown:
         raise UserError(f"delta {path} holds tensor {unknown[0]!r}, which the model does not have")
+    wrong = [n for n, v in tensors.items() if v.shape != state[n].shape]
+    if wrong:
+        n = wrong[0]
+        raise UserError(
+            f"delta {path}: tensor {n!r} has shape {list(tensors[n].shape)}, the model's is {list(state[n].shape)}"
+        )
     with torch.no_grad():
         for name, value in tensors.items():
             state[name].copy_(value)

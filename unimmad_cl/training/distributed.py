@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -49,7 +50,11 @@ def init_from_env(device: str) -> Dist:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # gloo for the small CPU collectives (loss means, broadcast decisions) beside NCCL for
+        # the gradients; a long timeout because rank 0 evaluates every task while the others wait.
+        dist.init_process_group(
+            backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo", timeout=timedelta(hours=6)
+        )
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
 
 

@@ -38,10 +38,16 @@ class EpochStats:
     seconds: float
 
 
-def make_loader(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE) -> DataLoader:
-    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size); under DDP
-    each rank gets its shard of the same draw."""
-    sampler = ClassBalancedSampler(dataset.class_keys(), seed=config.seed)
+def make_loader(
+    dataset: MultiTaskDataset,
+    config: TrainConfig,
+    d: Dist = SINGLE,
+    class_sizes: dict | None = None,
+) -> DataLoader:
+    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size; replayed
+    classes count at their full size, see ClassBalancedSampler); under DDP each rank gets
+    its shard of the same draw."""
+    sampler = ClassBalancedSampler(dataset.class_keys(), seed=config.seed, class_sizes=class_sizes)
     if d.active:
         sampler = ShardedSampler(sampler, d)
     return DataLoader(
