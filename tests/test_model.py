@@ -208,3 +208,20 @@ def test_random_backbone_warns_loudly():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RandomBackboneWarning)
         UniMMAD(TINY, load_weights=False)  # weights come from a checkpoint: no warning
+
+
+def test_random_backbone_gets_residual_branches_and_data_statistics():
+    torch.manual_seed(0)
+    model = UniMMAD(TINY)
+    bns = [m for m in model.prior.extractor.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.weight.any() for m in bns)  # timm's zero-initialized last BNs re-enabled
+    images, mask = make_batch([[1, 1, 0, 0], [1, 0, 0, 0]])
+    images = images * 3 + 2  # data far from the init statistics (mean 0, var 1)
+    seen = model.calibrate_random_backbone([(images, mask)])
+    assert seen == 3
+    first = model.prior.extractor.bn1
+    expected = model.prior.extractor.conv1(images[mask]).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(first.running_mean, expected, atol=1e-4, rtol=1e-4)
+    assert not model.prior.extractor.training and not model.prior.training
+    for key, value in model.prior.extractor.state_dict().items():
+        assert torch.equal(value, model.encoder.backbone.state_dict()[key]), key

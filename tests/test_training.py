@@ -245,6 +245,8 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path):
     draw = list(ClassBalancedSampler([(0, s.cls) for s in dataset.samples], seed=0))
     torch.manual_seed(0)
     model = UniMMAD(ModelConfig.preset("tiny")).train()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=collate)
+    model.calibrate_random_backbone((b.images, b.modality_mask) for b in loader)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
     # One thread like each torchrun worker: Adam turns the ~1e-11 differences of another

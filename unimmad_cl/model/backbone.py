@@ -100,6 +100,7 @@ def build_backbone_pair(config: ModelConfig, load_weights: bool = True) -> tuple
     if load_weights and source not in (None, "hub"):
         load_weights_into(prior, read_state_dict(source), str(source))
     elif load_weights and source is None:
+        enable_residual_branches(prior)
         message = (
             f"backbone {config.backbone!r} has RANDOM weights: no backbone_weights file was "
             "given. Anomaly detection quality will be far below the paper's; pass a local "
@@ -109,6 +110,35 @@ def build_backbone_pair(config: ModelConfig, load_weights: bool = True) -> tuple
     copy = create_feature_extractor(config, pretrained=False)
     copy.load_state_dict(prior.state_dict())
     return prior, copy
+
+
+def enable_residual_branches(extractor: nn.Module) -> None:
+    """Random init only: timm zero-initializes the last BatchNorm of every residual block,
+    which leaves a random ResNet's stages as bare strided 1×1 projections. Setting those
+    scales to 1 gives random features with spatial context."""
+    with torch.no_grad():
+        for module in extractor.modules():
+            if isinstance(module, nn.BatchNorm2d) and not module.weight.any():
+                module.weight.fill_(1.0)
+
+
+@torch.no_grad()
+def estimate_bn_statistics(extractor: nn.Module, batches) -> None:
+    """Random init only: replace the BatchNorm running statistics (mean 0, var 1 at init) by
+    the exact statistics of the given image batches `[n, 3, H, W]`, so every random channel
+    is centred and scaled on the user's data (a data-dependent init of a random backbone)."""
+    norms = [m for m in extractor.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    was_training = extractor.training
+    extractor.train()
+    for images in batches:
+        extractor(images)
+    extractor.train(was_training)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
 
 
 class PriorGenerator(nn.Module):
@@ -123,7 +153,7 @@ class PriorGenerator(nn.Module):
         self.extractor = extractor
         self.channels = feature_channels(extractor)
         self.extractor.requires_grad_(False)
-        self.extractor.eval()
+        self.train()  # always eval, see train()
 
     def train(self, mode: bool = True) -> "PriorGenerator":
         super().train(False)

@@ -21,7 +21,7 @@ from torch import nn
 
 from unimmad_cl.config import ModelConfig
 from unimmad_cl.errors import UserError
-from unimmad_cl.model.backbone import PriorGenerator, build_backbone_pair, feature_channels
+from unimmad_cl.model.backbone import PriorGenerator, build_backbone_pair, estimate_bn_statistics, feature_channels
 from unimmad_cl.model.cmoe import ConditionRouter, CrossMoE, MoELeaders, Routing
 from unimmad_cl.model.embedding import InputEmbedding
 from unimmad_cl.model.encoder import GeneralEncoder
@@ -150,6 +150,25 @@ class UniMMAD(nn.Module):
         per_pair = per_pair.permute(2, 0, 1, 3)
         counts = per_pair.new_zeros(out.batch_size, *per_pair.shape[1:])
         return counts.index_add_(0, out.sample_index, per_pair)
+
+    @torch.no_grad()
+    def calibrate_random_backbone(self, batches) -> int:
+        """For a backbone without pretrained weights: estimate the prior generator's
+        BatchNorm statistics on training batches `(images [B, M, 3, H, W], modality_mask
+        [B, M])`, every present modality image counted, and start the trainable copy from
+        the same state. Returns the number of images seen."""
+        seen = 0
+
+        def images():
+            nonlocal seen
+            for batch_images, mask in batches:
+                picked = batch_images[mask]
+                seen += picked.shape[0]
+                yield picked
+
+        estimate_bn_statistics(self.prior.extractor, images())
+        self.encoder.backbone.load_state_dict(self.prior.extractor.state_dict())
+        return seen
 
     def invalidate_kernel_cache(self) -> None:
         for moe in self.cmoe:

@@ -30,7 +30,7 @@ import torch
 from registry import store
 from registry.store import ArtifactInfo, EvaluationRow, ReplayItem, StageInfo, TaskInfo
 from unimmad_cl.config import ModelConfig, TrainConfig
-from unimmad_cl.data.dataset import MultiTaskDataset, TaskDataset
+from unimmad_cl.data.dataset import MultiTaskDataset, TaskDataset, collate
 from unimmad_cl.data.readers import list_samples
 from unimmad_cl.data.records import Sample
 from unimmad_cl.errors import UserError
@@ -402,12 +402,35 @@ def train_base(
     device = rank_device(ctx.dist, resolve_device(config.device))
     torch.manual_seed(config.seed)
     model = UniMMAD(model_config).to(device)
+    if model_config.backbone_weights is None:
+        n = calibrate_random_backbone(ctx, model, chosen, train_samples, config, device)
+        ctx.echo(f"random backbone: BatchNorm statistics estimated on {n} training images")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     return run_stage(
         ctx, kind="base", number=0,
         tasks=chosen, parent=None, model=model, trainable=trainable, train_samples=train_samples,
         replay_sets=[], config=config, device=device, restart=restart,
     )
+
+
+def calibrate_random_backbone(
+    ctx: Context,
+    model: UniMMAD,
+    tasks: list[TaskInfo],
+    train_samples: dict[str, list[Sample]],
+    config: TrainConfig,
+    device: torch.device,
+) -> int:
+    """Data-dependent init of a random prior: its BatchNorm statistics from the base
+    stage's training images, in a fixed order (deterministic, equal on every rank)."""
+    from torch.utils.data import DataLoader
+
+    ids = task_ids(ctx.registry)
+    data = MultiTaskDataset(
+        [task_dataset(t, ids[t.name], model.config.image_size, train_samples[t.name]) for t in tasks]
+    )
+    loader = DataLoader(data, batch_size=config.eval_batch_size, collate_fn=collate, num_workers=config.num_workers)
+    return model.calibrate_random_backbone((b.images.to(device), b.modality_mask.to(device)) for b in loader)
 
 
 def train_incremental(
