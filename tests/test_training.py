@@ -268,19 +268,6 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path):
     assert worst < 1e-6, worst
 
 
-def test_replayed_classes_are_drawn_at_their_natural_share():
-    """A replayed class of 1 kept image out of 50 weighs like one image of a 50-image class,
-    not like a whole class."""
-    from unimmad_cl.data.dataset import ClassBalancedSampler
-
-    keys = [(1, "new")] * 50 + [(0, "old")]
-    balanced = ClassBalancedSampler(keys, seed=0, num_samples=20_000)
-    natural = ClassBalancedSampler(keys, seed=0, num_samples=20_000, class_sizes={(0, "old"): 50})
-    share = lambda sampler: sum(i == 50 for i in sampler) / 20_000  # noqa: E731
-    assert share(balanced) == pytest.approx(0.5, abs=0.02)
-    assert share(natural) == pytest.approx(1 / 51, abs=0.005)
-
-
 def test_a_failed_stage_number_is_reused_only_past_the_latest_completed_stage():
     from types import SimpleNamespace
 

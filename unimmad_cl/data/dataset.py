@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, fields
-from typing import Hashable, Iterator, Mapping, Sequence
+from typing import Hashable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -166,9 +166,6 @@ class ClassBalancedSampler(Sampler[int]):
     class is drawn equally often in expectation. `class_keys` is one key per dataset item,
     e.g. `MultiTaskDataset.class_keys()` -> `(task_id, class)`. The draw is a function of
     `(seed, epoch)` only; call `set_epoch` each epoch for a new draw (as DistributedSampler).
-    `class_sizes` overrides the count of some keys: a replay buffer's class keeps the weight
-    1 / (size of its full class) per item, so replay enters at its natural share instead of
-    as a whole class.
     """
 
     def __init__(
@@ -176,14 +173,12 @@ class ClassBalancedSampler(Sampler[int]):
         class_keys: Sequence[Hashable],
         seed: int = 0,
         num_samples: int | None = None,
-        class_sizes: Mapping[Hashable, int] | None = None,
     ) -> None:
         if not class_keys:
             raise UserError("cannot balance an empty dataset")
         counts: dict[Hashable, int] = {}
         for key in class_keys:
             counts[key] = counts.get(key, 0) + 1
-        counts.update(class_sizes or {})
         self.weights = torch.tensor([1.0 / counts[key] for key in class_keys], dtype=torch.double)
         self.num_samples = len(class_keys) if num_samples is None else num_samples
         self.seed = seed

@@ -38,16 +38,11 @@ class EpochStats:
     seconds: float
 
 
-def make_loader(
-    dataset: MultiTaskDataset,
-    config: TrainConfig,
-    d: Dist = SINGLE,
-    class_sizes: dict | None = None,
-) -> DataLoader:
-    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size; replayed
-    classes count at their full size, see ClassBalancedSampler); under DDP each rank gets
-    its shard of the same draw."""
-    sampler = ClassBalancedSampler(dataset.class_keys(), seed=config.seed, class_sizes=class_sizes)
+def make_loader(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE) -> DataLoader:
+    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size in this
+    stage's training set, replayed classes included, as model.md states); under DDP each
+    rank gets its shard of the same draw."""
+    sampler = ClassBalancedSampler(dataset.class_keys(), seed=config.seed)
     if d.active:
         sampler = ShardedSampler(sampler, d)
     return DataLoader(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,13 +225,8 @@ def run_stage(
     config: TrainConfig,
     device: torch.device,
     restart: bool,
-    replay_class_sizes: dict[tuple[int, str], int] | None = None,
 ) -> StageReport:
-    """Train, write the artifact, evaluate, record replay buffers, complete.
-
-    `replay_class_sizes`: the full training size of each replayed (task id, class), so the
-    sampler draws replay at its natural share (about the replay ratio), not as whole classes.
-    """
+    """Train, write the artifact, evaluate, record replay buffers, complete."""
     names = [t.name for t in tasks]
     ids = task_ids(ctx.registry)
     datasets = [task_dataset(t, ids[t.name], model.config.image_size, train_samples[t.name]) for t in tasks]
@@ -314,7 +308,7 @@ def run_stage(
 
     try:
         history = train_epochs(
-            model, make_loader(dataset, config, d, replay_class_sizes), optimizer, config, device, start_epoch=start_epoch,
+            model, make_loader(dataset, config, d), optimizer, config, device, start_epoch=start_epoch,
             on_epoch_end=on_epoch_end, progress=ctx.progress, desc=f"stage {number}", d=d,
         )
         artifact, evaluation, seconds = decide(d, finish)
@@ -465,16 +459,14 @@ def train_incremental(
             trainable = freeze_for_incremental(model)
         replay_sets = [
             task_dataset(old, ids[old.name], model.config.image_size, kept)
-            for old, kept, _ in previous
+            for old, kept in previous
             if kept and config.replay_ratio > 0
         ]
-        class_sizes = {(ids[old.name], cls): n for old, _, sizes in previous for cls, n in sizes.items()}
         reports.append(
             run_stage(
                 ctx, kind="incremental", number=number, tasks=[task], parent=parent, model=model,
                 trainable=trainable, train_samples={task.name: task_samples(task, "train")},
                 replay_sets=replay_sets, config=config, device=device, restart=restart,
-                replay_class_sizes=class_sizes,
             )
         )
         unfinished = None
@@ -483,15 +475,10 @@ def train_incremental(
 
 def _incremental_inputs(
     ctx: Context, unfinished: StageInfo | None, task: TaskInfo
-) -> tuple[StageInfo, list[tuple[TaskInfo, list[Sample], Counter]], int | None]:
-    """Parent stage; each earlier task with its replay samples and its full training size
-    per class; the stage number to reuse."""
+) -> tuple[StageInfo, list[tuple[TaskInfo, list[Sample]]], int | None]:
+    """Parent stage, each earlier task with its replay samples, and the stage number to reuse."""
     parent = latest_completed_stage(ctx.registry)
-    previous = []
-    for old in trained_tasks_at(ctx.registry, parent.number):
-        kept = replay_samples(ctx.registry, old)
-        sizes = Counter(s.cls for s in task_samples(old, "train")) if kept else Counter()
-        previous.append((old, kept, sizes))
+    previous = [(old, replay_samples(ctx.registry, old)) for old in trained_tasks_at(ctx.registry, parent.number)]
     return parent, previous, _stage_number(unfinished, [task.name], parent)
 
 
