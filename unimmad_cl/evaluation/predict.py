@@ -131,9 +131,9 @@ def _heatmap_name(index: int, name: str) -> str:
     return f"{index:03d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', stem) or 'input'}.png"
 
 
-def _display_norm(modality: str) -> str:
+def _display_norm(modality: str, normalization):
     """How `write_heatmap` should undo the normalization of the first modality."""
-    return "minmax" if MODALITIES[modality].decode == "depth" else "imagenet"
+    return "minmax" if MODALITIES[modality].decode == "depth" else normalization
 
 
 def predict_inputs(model, task, task_id: int, inputs: list[PredictInput], threshold: Threshold,
@@ -154,7 +154,7 @@ def predict_inputs(model, task, task_id: int, inputs: list[PredictInput], thresh
         for item in inputs
     ]
     dataset = TaskDataset(samples, model.config.image_size, task_id=task_id, loss_weight=task.loss_weight,
-                          classes=task.classes)
+                          classes=task.classes, normalization=model.normalization)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     rows: list[PredictionRow] = []
     written: list[Path] = []
@@ -169,7 +169,7 @@ def predict_inputs(model, task, task_id: int, inputs: list[PredictInput], thresh
                     path = out_dir / _heatmap_name(len(rows), sample.stem)
                     written.append(write_heatmap(
                         path, batch.images[j, 0], prediction.maps[j].float().cpu(), None,
-                        image_norm=_display_norm(task.modalities[0]), map_range=threshold.map_range,
+                        image_norm=_display_norm(task.modalities[0], model.normalization), map_range=threshold.map_range,
                         title=f"{task.name}: {Path(sample.stem).name}  score {score:.4g}  "
                               f"{'ANOMALOUS' if anomalous else 'good'} (threshold {threshold.value:.4g})",
                     ))
@@ -220,7 +220,7 @@ def run_predict(ctx, task_name: str, stage: int | None, paths: list[Path], out_d
     model = model_at_stage(ctx, stage, dev)
     task_id = task_ids(ctx.registry)[task.name]
     ctx.echo(f"choosing the threshold on {task.name}'s test split (stage {stage})")
-    test = task_dataset(task, task_id, model.config.image_size, task_samples(task, "test"))
+    test = task_dataset(task, task_id, model, task_samples(task, "test"))
     result = evaluate_task(model, test, task=task.name, batch_size=batch_size, device=dev,
                            keep_maps=True, progress=ctx.progress)
     threshold = task_threshold(result)

@@ -94,14 +94,14 @@ def _resize(maps, masks, size: int | None):
     return maps, masks
 
 
-def _image_norm(sample) -> str:
-    """How the first modality was normalized: ImageNet mean/std except for depth."""
+def _image_norm(sample, normalization):
+    """How the first modality was normalized: the model's (mean, std) except for depth."""
     if sample is None or not getattr(sample, "modalities", None):
         return "minmax"
     from unimmad_cl.data.modalities import MODALITIES
 
     modality = MODALITIES.get(sample.modalities[0])
-    return "imagenet" if modality is not None and modality.decode in ("color", "gray") else "minmax"
+    return normalization if modality is not None and modality.decode in ("color", "gray") else "minmax"
 
 
 def _heatmap_name(index: int, cls: str, sample) -> str:
@@ -109,7 +109,8 @@ def _heatmap_name(index: int, cls: str, sample) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join([f"{index:05d}", *parts])) + ".png"
 
 
-def _write_heatmaps(chunks: _Chunks, batch, prediction, first_index: int, classes, out_dir, select, map_range):
+def _write_heatmaps(chunks: _Chunks, batch, prediction, first_index: int, classes, out_dir, select, map_range,
+                    normalization):
     from unimmad_cl.evaluation.heatmaps import write_heatmap
 
     samples = getattr(batch, "samples", None) or [None] * len(classes)
@@ -124,7 +125,7 @@ def _write_heatmaps(chunks: _Chunks, batch, prediction, first_index: int, classe
                 batch.images[j, 0],
                 prediction.maps[j].float(),
                 batch.mask[j],
-                image_norm=_image_norm(sample),
+                image_norm=_image_norm(sample, normalization),
                 map_range=map_range,
                 title=f"{cls} / {getattr(sample, 'defect', '?')} / {getattr(sample, 'stem', index)}  score {score:.4g}",
             )
@@ -143,7 +144,8 @@ def _run_inference(model, batches, device, map_size, progress, desc, heatmap_dir
             prediction = model.predict(batch.images.to(device), batch.modality_mask.to(device))
             classes = _class_names(batch)
             if heatmap_dir is not None:
-                _write_heatmaps(chunks, batch, prediction, len(chunks.classes), classes, heatmap_dir, heatmap_select, heatmap_range)
+                _write_heatmaps(chunks, batch, prediction, len(chunks.classes), classes, heatmap_dir, heatmap_select,
+                                heatmap_range, model.normalization)
             maps, masks = _resize(prediction.maps.float().cpu(), batch.mask.cpu(), map_size)
             if maps.shape != masks.shape:
                 raise ValueError(f"model maps {list(maps.shape)} and ground-truth masks {list(masks.shape)} differ")

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from unimmad_cl.config import ModelConfig
+from unimmad_cl.model.backbone import stage_features
 from unimmad_cl.model.decoder import ReverseDecoder
 from unimmad_cl.model.fcm import FeatureCompression
 
@@ -23,4 +24,4 @@ class GeneralEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.decoder(self.fcm(list(self.backbone(x))))
+        return self.decoder(self.fcm(stage_features(self.backbone(x))))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from unimmad_cl.config import ModelConfig
+from unimmad_cl.model.backbone import describe_weights
 
 
 def count(params) -> int:
@@ -42,12 +43,16 @@ def parameter_summary(config: ModelConfig, preset: str | None = None) -> dict[st
                 "plain_moe_equivalent_params": plain,
             }
         )
+    weights = describe_weights(config)
+    mean, std = model.normalization
     moe_params = sum(c["base_expert_params"] + c["leader_params"] for c in cmoe)
     plain_params = sum(c["plain_moe_equivalent_params"] for c in cmoe)
     return {
         "preset": preset,
         "backbone": config.backbone,
         "image_size": config.image_size,
+        "weights": {**weights.to_dict(), "description": weights.describe()},
+        "normalization": {"mean": list(mean), "std": list(std)},
         "total_params": total,
         "prior_params": count(named[n] for n in prior_parameter_names(model)),
         "incremental_params": incremental,

@@ -21,7 +21,13 @@ from torch import nn
 
 from unimmad_cl.config import ModelConfig
 from unimmad_cl.errors import UserError
-from unimmad_cl.model.backbone import PriorGenerator, build_backbone_pair, estimate_bn_statistics, feature_channels
+from unimmad_cl.model.backbone import (
+    PriorGenerator,
+    backbone_normalization,
+    build_backbone_pair,
+    estimate_bn_statistics,
+    feature_channels,
+)
 from unimmad_cl.model.cmoe import ConditionRouter, CrossMoE, MoELeaders, Routing
 from unimmad_cl.model.embedding import InputEmbedding
 from unimmad_cl.model.encoder import GeneralEncoder
@@ -60,7 +66,11 @@ class UniMMAD(nn.Module):
         for models whose full weights come from a checkpoint, and for counting parameters."""
         super().__init__()
         self.config = config.validated()
-        prior_extractor, trainable_copy = build_backbone_pair(config, load_weights=load_weights)
+        prior_extractor, trainable_copy, provenance = build_backbone_pair(config, load_weights=load_weights)
+        # Where the backbone weights came from (None for models whose weights come from a file).
+        self.weights_provenance = provenance
+        # (mean, std) the backbone expects of colour and gray modality images.
+        self.normalization = backbone_normalization(prior_extractor)
         channels = feature_channels(prior_extractor)
         self.channels = channels
         self.embedding = InputEmbedding(config.max_modalities, config.image_size)

@@ -77,8 +77,12 @@ def task_samples(task: TaskInfo, split: str) -> list[Sample]:
     return list_samples(task.format, task.root, task.modalities, split, task.classes, task=task.name)
 
 
-def task_dataset(task: TaskInfo, task_id: int, image_size: int, samples: Sequence[Sample]) -> TaskDataset:
-    return TaskDataset(samples, image_size, task_id=task_id, loss_weight=task.loss_weight, classes=task.classes)
+def task_dataset(task: TaskInfo, task_id: int, model: UniMMAD, samples: Sequence[Sample]) -> TaskDataset:
+    """The task's samples as the model takes them (its image size and input normalization)."""
+    return TaskDataset(
+        samples, model.config.image_size, task_id=task_id, loss_weight=task.loss_weight, classes=task.classes,
+        normalization=model.normalization,
+    )
 
 
 def replay_samples(registry: store.Registry, task: TaskInfo) -> list[Sample]:
@@ -143,7 +147,7 @@ def evaluate_tasks(
     ids = task_ids(ctx.registry)
     results = {}
     for task in tasks:
-        dataset = task_dataset(task, ids[task.name], model.config.image_size, task_samples(task, "test"))
+        dataset = task_dataset(task, ids[task.name], model, task_samples(task, "test"))
         results[task.name] = evaluate_task(
             model, dataset, task=task.name, batch_size=config.eval_batch_size,
             num_workers=config.num_workers, device=device, progress=ctx.progress,
@@ -229,7 +233,7 @@ def run_stage(
     """Train, write the artifact, evaluate, record replay buffers, complete."""
     names = [t.name for t in tasks]
     ids = task_ids(ctx.registry)
-    datasets = [task_dataset(t, ids[t.name], model.config.image_size, train_samples[t.name]) for t in tasks]
+    datasets = [task_dataset(t, ids[t.name], model, train_samples[t.name]) for t in tasks]
     dataset = MultiTaskDataset(datasets + replay_sets)
     tensor_names = artifacts.stage_tensor_names(model, set(trainable))
     params = dict(model.named_parameters())
@@ -257,7 +261,7 @@ def run_stage(
                 start_epoch = info.epochs_done
         stage = store.start_stage(
             ctx.registry, kind, names, parent=parent.number if parent else None, number=number,
-            config={"model": model.config.to_dict(), "train": config.to_dict()}, seed=config.seed,
+            config=_stage_record(model, config), seed=config.seed,
             trainable_params=n_trainable, total_params=total, trainable_names=trainable,
         )
         return stage.number, start_epoch
@@ -335,6 +339,15 @@ def run_stage(
     )
 
 
+def _stage_record(model: UniMMAD, config: TrainConfig) -> dict:
+    """The settings a stage row keeps; a freshly built model adds where its backbone weights
+    came from (package + version + sha256, file + sha256, hub or random)."""
+    record = {"model": model.config.to_dict(), "train": config.to_dict()}
+    if model.weights_provenance is not None:
+        record["model_weights"] = model.weights_provenance.to_dict()
+    return record
+
+
 def replay_selection(samples: list[Sample], config: TrainConfig) -> list[Sample]:
     return replay.select_replay(samples, config.replay_ratio, config.seed)
 
@@ -396,6 +409,7 @@ def train_base(
     device = rank_device(ctx.dist, resolve_device(config.device))
     torch.manual_seed(config.seed)
     model = UniMMAD(model_config).to(device)
+    ctx.echo(f"backbone {model_config.backbone}: {model.weights_provenance.describe()}")
     if model_config.backbone_weights is None:
         n = calibrate_random_backbone(ctx, model, chosen, train_samples, config, device)
         ctx.echo(f"random backbone: BatchNorm statistics estimated on {n} training images")
@@ -421,7 +435,7 @@ def calibrate_random_backbone(
 
     ids = task_ids(ctx.registry)
     data = MultiTaskDataset(
-        [task_dataset(t, ids[t.name], model.config.image_size, train_samples[t.name]) for t in tasks]
+        [task_dataset(t, ids[t.name], model, train_samples[t.name]) for t in tasks]
     )
     loader = DataLoader(data, batch_size=config.eval_batch_size, collate_fn=collate, num_workers=config.num_workers)
     return model.calibrate_random_backbone((b.images.to(device), b.modality_mask.to(device)) for b in loader)
@@ -458,7 +472,7 @@ def train_incremental(
         else:
             trainable = freeze_for_incremental(model)
         replay_sets = [
-            task_dataset(old, ids[old.name], model.config.image_size, kept)
+            task_dataset(old, ids[old.name], model, kept)
             for old, kept in previous
             if kept and config.replay_ratio > 0
         ]
