@@ -147,3 +147,13 @@ def full_model_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = timm.create_model(backbone, pretrained=False)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def packaged_state_dict(backbone: str) -> dict:
+    """The packaged ImageNet weights under timm's names (the whole classifier), e.g. to give
+    a peer model (anomalib) exactly the weights this project's `lite` preset starts from."""
+    import torch
+
+    path = packaged_file(backbone)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return map_by_position(state, full_model_shapes(backbone), str(path))
