@@ -80,6 +80,7 @@ def test_add_task_as_typed_uses_the_default_data_root(ws):
         "trained_in_stage": None,
         "samples": {"train": 6, "test": 4, "test_anomalous": 2},
         "replay_samples": 0,
+        "training": None,
     }
     listed = json.loads(ok(ws, "tasks", "--json").output)
     assert listed == [shown]

@@ -118,10 +118,12 @@ def add_task(
 @click.pass_obj
 def tasks(obj: dict, as_json: bool) -> None:
     """List the registered tasks."""
-    with _workspace(obj).open_registry() as registry:
+    workspace = _workspace(obj)
+    with workspace.open_registry() as registry:
         found = store.list_tasks(registry)
+        training = _unfinished_training(workspace, registry, found)
     if as_json:
-        click.echo(json.dumps([task.to_json() for task in found], indent=2))
+        click.echo(json.dumps([{**task.to_json(), "training": training[task.name]} for task in found], indent=2))
         return
     if not found:
         click.echo("no tasks registered; add one with `unimmad-cl add-task`")
@@ -154,13 +156,19 @@ def tasks(obj: dict, as_json: bool) -> None:
 @click.pass_obj
 def show_task(obj: dict, name: str, as_json: bool) -> None:
     """Show one task: data, classes, modalities, sample counts, training and replay state."""
-    with _workspace(obj).open_registry() as registry:
+    workspace = _workspace(obj)
+    with workspace.open_registry() as registry:
         task = store.get_task(registry, name)
+        training = _unfinished_training(workspace, registry, [task])[name]
     if as_json:
-        click.echo(json.dumps(task.to_json(), indent=2))
+        click.echo(json.dumps({**task.to_json(), "training": training}, indent=2))
         return
     counts = task.samples
     trained = "not yet" if task.trained_in_stage is None else f"stage {task.trained_in_stage}"
+    if training is not None:
+        trained += f"; stage {training['stage']} is {training['status']}"
+        if training["note"]:
+            trained += f" ({training['note']})"
     for label, value in (
         ("name", task.name),
         ("format", task.format),
@@ -175,6 +183,28 @@ def show_task(obj: dict, name: str, as_json: bool) -> None:
         ("replay", f"{task.replay_samples} samples"),
     ):
         click.echo(f"{label:<13}{value}")
+    if training is not None and training["resume"]:
+        click.echo(f"{'resume':<13}{training['resume']}")
+
+
+def _unfinished_training(workspace: Workspace, registry, tasks) -> dict[str, dict | None]:
+    """Per task, the unfinished stage (running, interrupted or failed) that trains it, if
+    any: `{stage, status, note, resume}` (the status as `stages` shows it), else None."""
+    from unimmad_cl.training.lock import stage_states
+
+    found = store.list_stages(registry)
+    unfinished = [s for s in found if s.status != "completed"]
+    states = stage_states(workspace.path, found) if unfinished else {}
+    out: dict[str, dict | None] = {}
+    for task in tasks:
+        mine = [s for s in unfinished if task.name in s.tasks] if task.trained_in_stage is None else []
+        if not mine:
+            out[task.name] = None
+            continue
+        state = states[mine[-1].number]
+        out[task.name] = {"stage": mine[-1].number, "status": state.status, "note": state.note,
+                          "resume": state.resume}
+    return out
 
 
 @click.command("remove-task")
