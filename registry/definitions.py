@@ -105,11 +105,19 @@ def resolve(definition: TaskDefinition, *, data_root: str | Path) -> TaskSpec:
 
 def _resolve(definition: TaskDefinition, data_root: Path) -> TaskSpec:
     reader = get_reader(definition.format)
+    default_classes: list[str] | None = None
     if definition.root is None:
-        path = data_root.expanduser().resolve() / definition.name
-        if not path.is_dir():
+        base = data_root.expanduser().resolve()
+        path = base / definition.name
+        wanted = list(definition.classes) or [definition.name]
+        if not _holds_classes(reader, path, definition.classes) and _holds_classes(reader, base, wanted):
+            # The common tree <data-root>/<class>/train/...: the class folder sits directly
+            # under the data root (e.g. `--name bottle --format mvtec` with /data/bottle).
+            path, default_classes = base, wanted
+        elif not path.is_dir():
             raise UserError(
-                f"data root not found: {path} (the default <data-root>/<name>); give --root, "
+                f"data root not found: {path} (the default <data-root>/<name>), and {base} has no class "
+                f"folder {wanted[0]!r} of format {definition.format} either; give --root, "
                 "or set the data root with `unimmad-cl init --data-root DIR`"
             )
     else:
@@ -118,7 +126,7 @@ def _resolve(definition: TaskDefinition, data_root: Path) -> TaskSpec:
             raise UserError(f"data root not found: {path}")
 
     found = reader.classes(path)
-    chosen = list(definition.classes) or found
+    chosen = list(definition.classes) or default_classes or found
     for cls in chosen:
         if cls not in found:
             raise UserError(
@@ -126,7 +134,11 @@ def _resolve(definition: TaskDefinition, data_root: Path) -> TaskSpec:
                 f"classes there: {', '.join(found)}"
             )
     train = reader.samples(path, chosen, definition.modalities, "train")
-    test = reader.samples(path, chosen, definition.modalities, "test")
+    disagreements: list[dict] = []
+    if hasattr(reader, "checked_test_samples"):  # a format with its own label file (MulSen-AD)
+        test, disagreements = reader.checked_test_samples(path, chosen, definition.modalities)
+    else:
+        test = reader.samples(path, chosen, definition.modalities, "test")
     with_train = {sample.cls for sample in train}
     for cls in chosen:
         if cls not in with_train:
@@ -144,7 +156,19 @@ def _resolve(definition: TaskDefinition, data_root: Path) -> TaskSpec:
             test=len(test),
             test_anomalous=sum(sample.label == 1 for sample in test),
         ),
+        label_disagreements=tuple(disagreements),
     )
+
+
+def _holds_classes(reader, path: Path, classes: Sequence[str]) -> bool:
+    """Whether `path` is a root of the reader's format holding `classes` (any class if none)."""
+    if not path.is_dir():
+        return False
+    try:
+        found = reader.classes(path)
+    except UserError:
+        return False
+    return all(c in found for c in classes) if classes else bool(found)
 
 
 def read_definitions(path: str | Path, *, data_root: str | Path) -> list[TaskDefinition]:

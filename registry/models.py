@@ -73,6 +73,9 @@ class Task(Base):
     n_test_anomalous: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     trained_in_stage: Mapped[int | None] = mapped_column(ForeignKey("stages.number"))
+    # Where the dataset's own label file disagrees with the masks (MulSen-AD data.csv):
+    # [{class, defect, stem, modality, csv_label, mask_label, mask}], see readers/mulsen.py.
+    label_disagreements: Mapped[list[Any]] = mapped_column(default=list)
 
     modalities: Mapped[list[TaskModality]] = relationship(
         order_by="TaskModality.position", cascade="all, delete-orphan"

@@ -61,6 +61,9 @@ class TaskSpec:
     field: str
     loss_weight: float
     samples: SampleCounts
+    # (sample, modality) pairs whose label in the dataset's label file (MulSen-AD data.csv)
+    # differs from their mask: {class, defect, stem, modality, csv_label, mask_label, mask}.
+    label_disagreements: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class TaskInfo(TaskSpec):
                 "test_anomalous": self.samples.test_anomalous,
             },
             "replay_samples": self.replay_samples,
+            "label_disagreements": [dict(d) for d in self.label_disagreements],
         }
 
 
@@ -243,6 +247,7 @@ def add_tasks(registry: Registry, specs: Sequence[TaskSpec]) -> list[TaskInfo]:
                 n_train=spec.samples.train,
                 n_test=spec.samples.test,
                 n_test_anomalous=spec.samples.test_anomalous,
+                label_disagreements=[dict(d) for d in spec.label_disagreements],
                 modalities=[
                     TaskModality(position=i, modality=m) for i, m in enumerate(spec.modalities)
                 ],
@@ -338,6 +343,7 @@ def _task_info(task: Task, replay_samples: int) -> TaskInfo:
         field=task.field,
         loss_weight=task.loss_weight,
         samples=SampleCounts(task.n_train, task.n_test, task.n_test_anomalous),
+        label_disagreements=tuple(task.label_disagreements or ()),
         trained_in_stage=task.trained_in_stage,
         replay_samples=replay_samples,
         created_at=task.created_at,

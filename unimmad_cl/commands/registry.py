@@ -111,6 +111,16 @@ def add_task(
                 f"modalities {', '.join(task.modalities)}; {counts.train} train, "
                 f"{counts.test} test ({counts.test_anomalous} anomalous)"
             )
+            where = ""
+            if Path(task.root) == Path(data_root).expanduser().resolve():
+                where = f" (the data root itself: {task.classes[0]} sits directly under it, not in <data-root>/{task.name})"
+            click.echo(f"  root {task.root}{where}")
+            if task.label_disagreements:
+                n = len(task.label_disagreements)
+                click.echo(
+                    f"  {n} label disagreement{'s' if n != 1 else ''} between the dataset's label file and the "
+                    f"masks: the label file wins (list: unimmad-cl show-task {task.name})"
+                )
 
 
 @click.command("tasks")
@@ -185,6 +195,15 @@ def show_task(obj: dict, name: str, as_json: bool) -> None:
         click.echo(f"{label:<13}{value}")
     if training is not None and training["resume"]:
         click.echo(f"{'resume':<13}{training['resume']}")
+    if task.label_disagreements:
+        n = len(task.label_disagreements)
+        click.echo(f"{'labels':<13}{n} disagreement{'s' if n != 1 else ''} between data.csv and the masks "
+                   "(data.csv wins; the mask is used for pixels only where the labels agree):")
+        for d in task.label_disagreements:
+            mask = "no mask file" if d.get("mask") is None else (
+                "mask empty" if d.get("mask_label") == 0 else "mask has pixels")
+            click.echo(f"{'':<13}{d['class']}/{d['defect']}/{d['stem']} {d['modality']}: "
+                       f"data.csv {d['csv_label']}, {mask} -> label {d['csv_label']}")
 
 
 def _unfinished_training(workspace: Workspace, registry, tasks) -> dict[str, dict | None]:
