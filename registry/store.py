@@ -720,3 +720,23 @@ def evaluation_matrix(registry: Registry, metric: str) -> dict[str, dict[int, fl
         return dict(matrix)
 
     return transaction(registry.engine, work)
+
+
+def evaluation_matrices(registry: Registry) -> dict[str, dict[str, dict[int, float]]]:
+    """`evaluation_matrix` of every metric at once (one query): metric -> task -> stage -> mean."""
+
+    def work(session: Session) -> dict[str, dict[str, dict[int, float]]]:
+        query = (
+            select(Evaluation.metric, Task.name, Evaluation.stage_number, func.avg(Evaluation.value))
+            .join(Task)
+            .join(Stage, Stage.number == Evaluation.stage_number)
+            .where(Stage.status == "completed")
+            .group_by(Evaluation.metric, Task.id, Task.name, Evaluation.stage_number)
+            .order_by(Evaluation.metric, Task.id, Evaluation.stage_number)
+        )
+        out: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+        for metric, task, number, value in session.execute(query):
+            out[metric][task][number] = float(value)
+        return {m: dict(rows) for m, rows in out.items()}
+
+    return transaction(registry.engine, work)

@@ -23,25 +23,59 @@ from unimmad_cl.workspace import Workspace
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("--plots/--no-plots", default=None,
               help="Draw the PNGs (default: yes for the table, no with --json, which stays fast for scripts).")
+@click.option("--html", "as_html", is_flag=True,
+              help="Also write report.html: every metric, stages, curves, expert usage and heatmap galleries "
+                   "in one self-contained file for a browser.")
+@click.option("--gallery-tasks", help="With --html: comma-separated tasks whose heatmap galleries to embed "
+                                      "(default: all, or the 40 most forgotten beyond 40 tasks).")
 @click.pass_obj
-def report(obj, metric, out_dir, as_json, plots):
+def report(obj, metric, out_dir, as_json, plots, as_html, gallery_tasks):
     """Stage × task matrix, forgetting, BWT, average incremental performance, plots.
 
     Writes report_<metric>.json/.csv and (unless --json or --no-plots) forgetting_<metric>.png,
-    matrix_<metric>.png and expert_usage.png under <workspace>/reports (or --out).
+    matrix_<metric>.png and expert_usage.png under <workspace>/reports (or --out); with
+    --html also report.html, one self-contained page to open in a browser.
     """
+    from dataclasses import replace
+
+    from unimmad_cl.errors import UserError
     from unimmad_cl.evaluation.report import REPORTS_DIR, format_table, load_report, report_json, write_report_files
 
+    if gallery_tasks is not None and not as_html:
+        raise UserError("--gallery-tasks needs --html")
+    chosen = None
+    if gallery_tasks is not None:
+        chosen = [t.strip() for t in gallery_tasks.split(",") if t.strip()]
+        if not chosen:
+            raise UserError(f"--gallery-tasks {gallery_tasks!r}: expected a comma-separated list of task names")
     workspace = _existing_workspace(obj)
     _check_out(out_dir)
+    folder = out_dir or workspace.path / REPORTS_DIR
     with workspace.open_registry() as registry:
+        if chosen:
+            from registry import store
+
+            known = [t.name for t in store.list_tasks(registry)]
+            unknown = [t for t in chosen if t not in known]
+            if unknown:
+                raise UserError(f"--gallery-tasks: no task named {unknown[0]!r} (known tasks: {', '.join(known) or 'none'})")
         result = load_report(registry, workspace.path, metric)
-    result = write_report_files(result, out_dir or workspace.path / REPORTS_DIR, plots=not as_json if plots is None else plots)
+        page = None
+        if as_html:
+            from unimmad_cl.evaluation.html import HTML_NAME, write_html_report
+
+            # Checked and written before the other files: bad --gallery-tasks writes nothing.
+            page = write_html_report(registry, workspace.path, folder / HTML_NAME, gallery_tasks=chosen)
+    result = write_report_files(result, folder, plots=not as_json if plots is None else plots)
+    if page is not None:
+        result = replace(result, files=[*result.files, str(page)])
     if as_json:
         click.echo(json.dumps(report_json(result), indent=2))
         return
     click.echo(format_table(result))
     click.echo("files: " + ", ".join(result.files))
+    if page is not None:
+        click.echo(f"open in a browser: {page}")
 
 
 def _existing_workspace(obj: dict) -> Workspace:

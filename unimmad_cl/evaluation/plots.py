@@ -128,3 +128,38 @@ def expert_usage(usage: ExpertUsage, tasks: list[str], path: Path) -> Path:
     axes[-1].set_xlabel("MoE-Leader (grouped by kernel-size branch)")
     axes[0].set_title(f"Expert usage per task at stage {usage.stage}: share of top-k routings to each MoE-Leader")
     return _save(fig, path)
+
+
+def forgetting_summary(report: Report, path: Path, highlight: int = 8) -> Path:
+    """Forgetting curves for many tasks: per stage the mean over the tasks learned so far
+    and the band of their 10th–90th percentiles, with the `highlight` most-forgotten tasks
+    drawn as their own lines (one line per task stops being readable beyond ~20 tasks)."""
+    label = METRIC_LABELS[report.metric]
+    stages = report.stages
+    means, lows, highs = [], [], []
+    for s in stages:
+        values = [report.matrix[t][s] for t in report.tasks if report.learned[t] <= s and s in report.matrix.get(t, {})]
+        values = np.asarray(values, dtype=float)
+        means.append(values.mean() if values.size else np.nan)
+        lows.append(np.percentile(values, 10) if values.size else np.nan)
+        highs.append(np.percentile(values, 90) if values.size else np.nan)
+    fig = Figure(figsize=_size(max(7.0, 0.06 * len(stages) + 6.0), 4.8))
+    ax = fig.add_subplot()
+    ax.fill_between(stages, lows, highs, color="#9ecae1", alpha=0.6, label="10th–90th percentile of tasks")
+    ax.plot(stages, means, color="#08519c", linewidth=2.2, label="mean over learned tasks")
+    ranked = sorted((t for t in report.tasks if report.forgetting.get(t) is not None),
+                    key=lambda t: -report.forgetting[t])[:highlight]
+    for task, color in zip(ranked, _colors(len(ranked))):
+        row = report.matrix.get(task, {})
+        xs = [s for s in stages if s >= report.learned[task] and s in row]
+        ax.plot(xs, [row[s] for s in xs], color=color, linewidth=1.0, alpha=0.9,
+                label=f"{task} (forgot {report.forgetting[task]:.3f})")
+    if len(stages) <= MAX_LABELS:
+        ax.set_xticks(stages, _stage_labels(report), fontsize=8)
+    ax.set_xlabel("stage")
+    ax.set_ylabel(label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{label} over stages: {len(report.tasks)} tasks, the {len(ranked)} most forgotten drawn")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    return _save(fig, path)

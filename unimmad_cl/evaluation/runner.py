@@ -50,6 +50,7 @@ class EvaluationResult:
     maps: np.ndarray | None = None
     masks: np.ndarray | None = None
     heatmaps: list[Path] = field(default_factory=list)
+    gallery: object | None = None  # evaluation.gallery.GalleryData with `gallery=` (else None)
 
     def rows(self) -> list[dict]:
         """One `{task, class, i_auroc, ..., aupro}` dict per class (the `evaluate --json` rows
@@ -68,6 +69,7 @@ class _Chunks:
     classes: list[str] = field(default_factory=list)
     leader_counts: np.ndarray | None = None  # [L, K, N_r]
     heatmaps: list[Path] = field(default_factory=list)
+    gallery: object | None = None  # evaluation.gallery.GalleryCollector
 
 
 def _class_names(batch) -> list[str]:
@@ -132,12 +134,18 @@ def _write_heatmaps(chunks: _Chunks, batch, prediction, first_index: int, classe
         )
 
 
-def _run_inference(model, batches, device, map_size, progress, desc, heatmap_dir, heatmap_select, heatmap_range) -> _Chunks:
+def _run_inference(model, batches, device, map_size, progress, desc, heatmap_dir, heatmap_select, heatmap_range,
+                   gallery: int | None = None) -> _Chunks:
     """Predict every batch under `torch.inference_mode()` and keep the CPU chunks."""
     import torch
     from tqdm.auto import tqdm
 
     chunks = _Chunks()
+    normalization = getattr(model, "normalization", "imagenet")
+    if gallery:
+        from unimmad_cl.evaluation.gallery import GalleryCollector
+
+        chunks.gallery = GalleryCollector(k=gallery)
     total = len(batches) if hasattr(batches, "__len__") else None
     with torch.inference_mode():
         for batch in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress):
@@ -145,7 +153,10 @@ def _run_inference(model, batches, device, map_size, progress, desc, heatmap_dir
             classes = _class_names(batch)
             if heatmap_dir is not None:
                 _write_heatmaps(chunks, batch, prediction, len(chunks.classes), classes, heatmap_dir, heatmap_select,
-                                heatmap_range, model.normalization)
+                                heatmap_range, normalization)
+            if chunks.gallery is not None:
+                chunks.gallery.add(batch, prediction.maps, prediction.scores, len(chunks.classes), classes,
+                                   lambda sample: _image_norm(sample, normalization))
             maps, masks = _resize(prediction.maps.float().cpu(), batch.mask.cpu(), map_size)
             if maps.shape != masks.shape:
                 raise ValueError(f"model maps {list(maps.shape)} and ground-truth masks {list(masks.shape)} differ")
@@ -201,6 +212,8 @@ def evaluate_task(
     heatmap_dir: str | Path | None = None,
     heatmap_select: Callable[[int, object], bool] | None = None,
     heatmap_range: tuple[float, float] | None = None,
+    gallery: int | None = None,
+    desc: str | None = None,
 ) -> EvaluationResult:
     """Run `model` over a test split and compute the metrics per class and for the task.
 
@@ -213,6 +226,10 @@ def evaluate_task(
     heatmap_dir: write an overlay PNG for each sample `heatmap_select(index, sample)` accepts
     (all when None); index counts samples in loader order. heatmap_range: one colour scale
     for all PNGs (default: each map's own min/max).
+    gallery: keep the `gallery` most and least anomalous images' thumbnails and every
+    image's small map (`EvaluationResult.gallery`, see evaluation/gallery.py).
+    desc: the progress bar's label (default "evaluate <task>"); a second bar follows the
+    metrics class by class.
     The model is put in eval mode for the run and restored to its previous mode after.
     """
     if device is None:
@@ -222,8 +239,8 @@ def evaluate_task(
     model.eval()
     try:
         chunks = _run_inference(
-            model, _as_batches(data, batch_size, num_workers), device, map_size, progress, f"evaluate {task or ''}".strip(),
-            heatmap_dir, heatmap_select, heatmap_range,
+            model, _as_batches(data, batch_size, num_workers), device, map_size, progress,
+            desc or f"evaluate {task or ''}".strip(), heatmap_dir, heatmap_select, heatmap_range, gallery,
         )
     finally:
         model.train(was_training)
@@ -234,7 +251,12 @@ def evaluate_task(
     labels, scores = np.concatenate(chunks.labels), np.concatenate(chunks.scores)
     offsets = np.cumsum([0] + [len(m) for m in chunks.maps])
     per_class, n_samples = {}, {}
-    for cls in dict.fromkeys(chunks.classes):  # first-appearance order
+    names = list(dict.fromkeys(chunks.classes))  # first-appearance order
+    if progress:
+        from tqdm.auto import tqdm
+
+        names = tqdm(names, desc=f"{desc or 'evaluate'}: metrics", unit="class", leave=False)
+    for cls in names:
         in_class = classes == cls
         selected = [in_class[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
         per_class[cls] = _class_metrics(
@@ -254,6 +276,7 @@ def evaluate_task(
         maps=np.concatenate(chunks.maps) if keep_maps else None,
         masks=np.concatenate(chunks.masks) if keep_maps else None,
         heatmaps=chunks.heatmaps,
+        gallery=chunks.gallery.finish() if chunks.gallery is not None else None,
     )
 
 

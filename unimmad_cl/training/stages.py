@@ -144,13 +144,18 @@ def trained_tasks_at(registry: store.Registry, number: int) -> list[TaskInfo]:
 def evaluate_tasks(
     ctx: Context, model: UniMMAD, tasks: Sequence[TaskInfo], config: TrainConfig, device: torch.device
 ) -> dict[str, EvaluationResult]:
+    """Each task's test split through `model`: metrics, leader counts and the heatmap
+    gallery (most/least anomalous images, every image's small map; see evaluation/gallery.py)."""
+    from unimmad_cl.evaluation.gallery import K as GALLERY_K
+
     ids = task_ids(ctx.registry)
     results = {}
-    for task in tasks:
+    for i, task in enumerate(tasks, start=1):
         dataset = task_dataset(task, ids[task.name], model, task_samples(task, "test"))
         results[task.name] = evaluate_task(
             model, dataset, task=task.name, batch_size=config.eval_batch_size,
-            num_workers=config.num_workers, device=device, progress=ctx.progress,
+            num_workers=config.num_workers, device=device, progress=ctx.progress, gallery=GALLERY_K,
+            desc=f"evaluate {task.name} ({i}/{len(tasks)})",
         )
     return results
 
@@ -177,6 +182,10 @@ def write_evaluation_summary(ctx: Context, stage: int, results: dict[str, Evalua
     }
     path = evaluation_summary_path(ctx.workspace, stage)
     write_text_atomic(path, json.dumps(summary, indent=1, allow_nan=True))
+    from unimmad_cl.evaluation.gallery import write_stage_galleries
+
+    # The report's heatmap gallery; the archive of every image's map for the tasks learned now.
+    write_stage_galleries(ctx.workspace, stage, results, set(store.get_stage(ctx.registry, stage).tasks))
     return path
 
 
