@@ -90,3 +90,33 @@ def test_sampler_from_a_multitask_dataset(tmp_path):
     sampler = ClassBalancedSampler(data.class_keys(), seed=0, num_samples=6000)
     share_task1 = sum(i == 2 for i in sampler) / 6000
     assert share_task1 == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("old_classes", [2, 8, 32])
+def test_new_task_share_does_not_fall_as_old_classes_accumulate(old_classes):
+    """An incremental stage: the new task (2 classes, 60 samples) beside one replayed sample
+    per old class. Plain class balance would give the new task 2 / (2 + old) of the draws."""
+    keys = [(99, "a")] * 40 + [(99, "b")] * 20 + [(t, "x") for t in range(old_classes)]
+    replay = [False] * 60 + [True] * old_classes
+    sampler = ClassBalancedSampler(keys, seed=3, replay=replay, new_share=0.5)
+    assert len(sampler) == 120  # the new task's items about once per epoch
+    draws = []
+    for epoch in range(50):
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
+    new = [keys[i] for i in draws if not replay[i]]
+    assert len(new) / len(draws) == pytest.approx(0.5, abs=0.02)
+    freq = Counter(new)  # still class-balanced inside the new task
+    assert freq[(99, "a")] / len(new) == pytest.approx(0.5, abs=0.03)
+    old = Counter(keys[i] for i in draws if replay[i])
+    assert len(old) == old_classes and max(old.values()) / min(old.values()) < 2.5
+
+
+def test_replay_flags_mark_the_replayed_items(tmp_path):
+    data = MultiTaskDataset(
+        [TaskDataset([ir_sample(tmp_path, "a"), ir_sample(tmp_path, "b")], 8, task_id=0)],
+        replay=[TaskDataset([ir_sample(tmp_path, "c")], 8, task_id=1)],
+    )
+    assert data.replay_flags() == [False, False, True] and len(data) == 3
+    with pytest.raises(UserError, match="new task share"):
+        ClassBalancedSampler(data.class_keys(), replay=data.replay_flags(), new_share=0.0)

@@ -226,6 +226,9 @@ class TrainConfig:
     num_workers: int = 0
     # Share of each trained task's training samples kept for replay (at least one per class).
     replay_ratio: float = 0.01
+    # Share of an incremental stage's draws that go to the new task (the rest: replay), fixed
+    # so that it does not shrink as old classes accumulate.
+    new_task_share: float = 0.5
     # Which parameters an incremental stage trains: the paper's subset, or all (ablation).
     trainable: str = "incremental"
     eval_batch_size: int = 16
@@ -247,6 +250,8 @@ class TrainConfig:
             raise UserError(f"training setting lr={self.lr!r}: expected > 0")
         if self.num_workers < 0:
             raise UserError(f"training setting num_workers={self.num_workers}: expected >= 0")
+        if not 0 < self.new_task_share <= 1:
+            raise UserError(f"training setting new_task_share={self.new_task_share}: expected in (0, 1]")
         if not 0 <= self.replay_ratio <= 1:
             raise UserError(f"training setting replay_ratio={self.replay_ratio}: expected in [0, 1]")
         if self.trainable not in TRAINABLE_CHOICES:

@@ -14,6 +14,7 @@ A `Batch` is what the model takes (see docs/CONTRACTS.md):
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, fields
 from typing import Hashable, Iterator, Sequence
 
@@ -109,9 +110,12 @@ class TaskDataset(Dataset):
 
 
 class MultiTaskDataset(Dataset):
-    """Several `TaskDataset`s (same image size) behind one index, in the given order."""
+    """Several `TaskDataset`s (same image size) behind one index, in the given order:
+    the stage's own tasks first, then the replay buffers of earlier tasks (`replay`)."""
 
-    def __init__(self, datasets: Sequence[TaskDataset]) -> None:
+    def __init__(self, datasets: Sequence[TaskDataset], replay: Sequence[TaskDataset] = ()) -> None:
+        self.num_replay_items = sum(len(d) for d in replay)
+        datasets = list(datasets) + list(replay)
         if not datasets:
             raise UserError("no task datasets given")
         sizes = {d.image_size for d in datasets}
@@ -138,6 +142,10 @@ class MultiTaskDataset(Dataset):
     def class_keys(self) -> list[tuple[int, str]]:
         return [key for d in self.datasets for key in d.class_keys()]
 
+    def replay_flags(self) -> list[bool]:
+        """True for the items that come from replay buffers (they are last)."""
+        return [False] * (self._length - self.num_replay_items) + [True] * self.num_replay_items
+
 
 def collate(items: Sequence[dict]) -> Batch:
     """Stack dataset items into a `Batch`, zero-padding modality slots up to MAX_MODALITIES."""
@@ -161,14 +169,42 @@ def collate(items: Sequence[dict]) -> Batch:
     )
 
 
+def class_balanced_weights(class_keys: Sequence[Hashable]) -> list[float]:
+    """Per item 1 / (items of its class) / (classes): every class weighs 1 / #classes."""
+    counts: dict[Hashable, int] = {}
+    for key in class_keys:
+        counts[key] = counts.get(key, 0) + 1
+    return [1.0 / counts[key] / len(counts) for key in class_keys]
+
+
+def draw_weights(class_keys: Sequence[Hashable], replay: Sequence[bool] | None, new_share: float) -> list[float]:
+    """Probability of drawing each item. Without replay items: class-balanced (model.md).
+    With them, the stage's own items share `new_share` of the draws and the replayed ones the
+    rest, each part class-balanced: the new task's share stays the same however many old
+    classes accumulate (plain class balance would give it 1 / (its classes + old classes))."""
+    if not replay or not any(replay) or all(replay):
+        return class_balanced_weights(class_keys)
+    own = [k for k, r in zip(class_keys, replay) if not r]
+    old = [k for k, r in zip(class_keys, replay) if r]
+    own_w = iter(class_balanced_weights(own))
+    old_w = iter(class_balanced_weights(old))
+    return [(1.0 - new_share) * next(old_w) if r else new_share * next(own_w) for r in replay]
+
+
 class ClassBalancedSampler(Sampler[int]):
     """Class-balanced sampling with replacement (UniMMAD training).
 
-    Each epoch draws `num_samples` indices (default: as many as there are keys) with
-    probability proportional to 1 / (number of items sharing the item's class key), so every
-    class is drawn equally often in expectation. `class_keys` is one key per dataset item,
-    e.g. `MultiTaskDataset.class_keys()` -> `(task_id, class)`. The draw is a function of
-    `(seed, epoch)` only; call `set_epoch` each epoch for a new draw (as DistributedSampler).
+    Each epoch draws `num_samples` indices with probability proportional to 1 / (number of
+    items sharing the item's class key), so every class is drawn equally often in
+    expectation. `class_keys` is one key per dataset item, e.g.
+    `MultiTaskDataset.class_keys()` -> `(task_id, class)`.
+
+    In an incremental stage (`replay` flags the replayed items) the stage's own classes get
+    `new_share` of the draws and the replayed classes the rest (see `draw_weights`), and an
+    epoch draws (own items) / new_share indices, so that the new task's items are drawn about
+    once per epoch, as in the base stage. Default `num_samples`: as many as there are keys,
+    without replay. The draw is a function of `(seed, epoch)` only; call `set_epoch` each
+    epoch for a new draw (as DistributedSampler).
     """
 
     def __init__(
@@ -176,14 +212,17 @@ class ClassBalancedSampler(Sampler[int]):
         class_keys: Sequence[Hashable],
         seed: int = 0,
         num_samples: int | None = None,
+        replay: Sequence[bool] | None = None,
+        new_share: float = 0.5,
     ) -> None:
         if not class_keys:
             raise UserError("cannot balance an empty dataset")
-        counts: dict[Hashable, int] = {}
-        for key in class_keys:
-            counts[key] = counts.get(key, 0) + 1
-        self.weights = torch.tensor([1.0 / counts[key] for key in class_keys], dtype=torch.double)
-        self.num_samples = len(class_keys) if num_samples is None else num_samples
+        if not 0.0 < new_share <= 1.0:
+            raise UserError(f"new task share {new_share}: expected in (0, 1]")
+        self.weights = torch.tensor(draw_weights(class_keys, replay, new_share), dtype=torch.double)
+        mixed = replay is not None and any(replay) and not all(replay)
+        default = math.ceil((len(class_keys) - sum(replay)) / new_share) if mixed else len(class_keys)
+        self.num_samples = default if num_samples is None else num_samples
         self.seed = seed
         self.epoch = 0
 

@@ -39,10 +39,13 @@ class EpochStats:
 
 
 def make_loader(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE) -> DataLoader:
-    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size in this
-    stage's training set, replayed classes included, as model.md states); under DDP each
-    rank gets its shard of the same draw."""
-    sampler = ClassBalancedSampler(dataset.class_keys(), seed=config.seed)
+    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size, as model.md
+    states); in an incremental stage the new task keeps `config.new_task_share` of the draws
+    however many replayed classes there are. Under DDP each rank gets its shard of the same
+    draw."""
+    sampler = ClassBalancedSampler(
+        dataset.class_keys(), seed=config.seed, replay=dataset.replay_flags(), new_share=config.new_task_share
+    )
     if d.active:
         sampler = ShardedSampler(sampler, d)
     return DataLoader(

@@ -243,7 +243,7 @@ def run_stage(
     names = [t.name for t in tasks]
     ids = task_ids(ctx.registry)
     datasets = [task_dataset(t, ids[t.name], model, train_samples[t.name]) for t in tasks]
-    dataset = MultiTaskDataset(datasets + replay_sets)
+    dataset = MultiTaskDataset(datasets, replay=replay_sets)
     tensor_names = artifacts.stage_tensor_names(model, set(trainable))
     params = dict(model.named_parameters())
     optimizer = torch.optim.Adam([params[n] for n in trainable], lr=config.lr)
