@@ -143,7 +143,7 @@ def forgetting_summary(report: Report, path: Path, highlight: int = 8) -> Path:
         means.append(values.mean() if values.size else np.nan)
         lows.append(np.percentile(values, 10) if values.size else np.nan)
         highs.append(np.percentile(values, 90) if values.size else np.nan)
-    fig = Figure(figsize=_size(max(7.0, 0.06 * len(stages) + 6.0), 4.8))
+    fig = Figure(figsize=(11.0, 4.8))
     ax = fig.add_subplot()
     ax.fill_between(stages, lows, highs, color="#9ecae1", alpha=0.6, label="10th–90th percentile of tasks")
     ax.plot(stages, means, color="#08519c", linewidth=2.2, label="mean over learned tasks")

@@ -153,6 +153,7 @@ def build_report(
     learned = {t: s for t, s in learned.items() if s <= final}
     tasks = sorted(learned, key=learned.get)  # stable: registration order within a stage
     stage_tasks = {s: [t for t in tasks if learned[t] == s] for s in stages}
+    kept = set(stages)
     forgetting = {t: forgetting_best(matrix.get(t, {}), learned[t], final) for t in tasks}
     from_learned = {t: forgetting_learned(matrix.get(t, {}), learned[t], final) for t in tasks}
     return Report(
@@ -161,7 +162,7 @@ def build_report(
         tasks=tasks,
         learned={t: learned[t] for t in tasks},
         stage_tasks=stage_tasks,
-        matrix={t: {s: v for s, v in sorted(matrix.get(t, {}).items()) if s in stages} for t in tasks},
+        matrix={t: {s: v for s, v in sorted(matrix.get(t, {}).items()) if s in kept} for t in tasks},
         forgetting=forgetting,
         forgetting_from_learned=from_learned,
         average_forgetting=_mean(forgetting.values()),
