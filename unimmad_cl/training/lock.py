@@ -21,7 +21,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from unimmad_cl.errors import UserError
@@ -150,6 +150,8 @@ def _started_epoch(value) -> float | None:
     if value is None:
         return None
     if isinstance(value, datetime):
+        if value.tzinfo is None:  # SQLite hands back the stored UTC time without its zone
+            value = value.replace(tzinfo=timezone.utc)
         return value.timestamp()
     return float(value)
 
