@@ -28,10 +28,11 @@ from unimmad_cl.model.scoring import gaussian_blur, image_score
 @dataclass(frozen=True)
 class CeilingConfig:
     """pool: local average over pool×pool neighbours before matching (PatchCore's
-    locally aware patches; 1 = none). max_bank: at most this many patches per bank, chosen
-    by greedy k-center coreset (0 = keep all)."""
+    locally aware patches; 1 = none). coreset: the share of training patches kept per bank,
+    chosen by greedy k-center coreset as in PatchCore (1 = keep all), at most max_bank."""
 
     pool: int = 3
+    coreset: float = 0.1
     max_bank: int = 16384
     seed: int = 0
 
@@ -106,8 +107,9 @@ class PriorNearestNeighbour:
             banks = []
             for l, parts in enumerate(slot):
                 bank = torch.cat(parts)
-                if self.config.max_bank and bank.shape[0] > self.config.max_bank:
-                    bank = bank[greedy_coreset(bank, self.config.max_bank, self.config.seed + l)]
+                keep = min(round(self.config.coreset * bank.shape[0]), self.config.max_bank)
+                if keep < bank.shape[0]:
+                    bank = bank[greedy_coreset(bank, max(keep, 1), self.config.seed + l)]
                 banks.append(bank)
             self.banks.append(banks)
         return self
