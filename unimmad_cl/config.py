@@ -209,6 +209,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 
 TRAINABLE_CHOICES = ("incremental", "all")
+FEATURE_CACHE_DTYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,18 @@ class TrainConfig:
     # Which parameters an incremental stage trains: the paper's subset, or all (ablation).
     trainable: str = "incremental"
     eval_batch_size: int = 16
+    # --- Frozen-feature caches (training/features.py; settings that never change results
+    # beyond feature_cache_dtype's stated rounding, so a stage resumes whatever they are).
+    # Incremental stages compute the frozen trunk's features once per training sample, and
+    # evaluations keep each task's test-set features under <workspace>/cache/features.
+    feature_cache: bool = True
+    # Precision of the on-disk evaluation cache: float16 (half the disk) or float32 (exact).
+    feature_cache_dtype: str = "float16"
+    # Disk budget of <workspace>/cache in MiB, 0 = no disk cache; the environment variable
+    # UNIMMAD_FEATURE_CACHE_MB overrides it.
+    feature_cache_budget_mb: float = 4096.0
+    # A stage's training features beyond this many MiB go to disk instead of memory.
+    feature_cache_memory_mb: float = 2048.0
 
     @classmethod
     def preset(cls, name: str) -> "TrainConfig":
@@ -260,6 +273,17 @@ class TrainConfig:
             )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise UserError(f"training setting device={self.device!r}: expected auto, cpu or cuda[:N]")
+        if not isinstance(self.feature_cache, bool):
+            raise UserError(f"training setting feature_cache={self.feature_cache!r}: expected true or false")
+        if self.feature_cache_dtype not in FEATURE_CACHE_DTYPES:
+            raise UserError(
+                f"training setting feature_cache_dtype={self.feature_cache_dtype!r}: expected one of "
+                f"{', '.join(FEATURE_CACHE_DTYPES)}"
+            )
+        for name in ("feature_cache_budget_mb", "feature_cache_memory_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise UserError(f"training setting {name}={value!r}: expected a number of MiB >= 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -149,7 +149,15 @@ def _run_inference(model, batches, device, map_size, progress, desc, heatmap_dir
     total = len(batches) if hasattr(batches, "__len__") else None
     with torch.inference_mode():
         for batch in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress):
-            prediction = model.predict(batch.images.to(device), batch.modality_mask.to(device))
+            # Batches of cached trunk features (training/features.py) carry only gallery
+            # thumbnails as `images`: the model runs from the features.
+            features = getattr(batch, "features", None)
+            if features is not None:
+                if heatmap_dir is not None:
+                    raise ValueError("heatmap PNGs need the full images: evaluate from images, not cached features")
+                prediction = model.predict_features(features.to(device))
+            else:
+                prediction = model.predict(batch.images.to(device), batch.modality_mask.to(device))
             classes = _class_names(batch)
             if heatmap_dir is not None:
                 _write_heatmaps(chunks, batch, prediction, len(chunks.classes), classes, heatmap_dir, heatmap_select,
@@ -219,7 +227,8 @@ def evaluate_task(
 
     data: the task's test split: an iterable of collated batches (a DataLoader), or a
     map-style Dataset of items (`TaskDataset`), then batched here by `batch_size` in order
-    with `num_workers` loader workers.
+    with `num_workers` loader workers; or batches of cached trunk features
+    (`training.features.FeatureBatch`, run through `model.predict_features`).
     device: where inputs go (default: the device of the model's first parameter, else CPU).
     map_size: keep maps and masks downsampled to `map_size`² for the pixel metrics (less
     memory, approximate pixel metrics; image scores always come from the full-size maps).

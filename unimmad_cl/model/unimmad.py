@@ -9,6 +9,11 @@
 A batch may mix samples with different modality sets: pairs are the True entries of
 `modality_mask`, gathered with one boolean index, and every per-sample result is gathered or
 scattered with `sample_index`; nothing loops over samples or experts.
+
+`forward` = `decode(trunk(...))`: `trunk` is everything before the C-MoEs (embedding, general
+encoder, prior generator, the L2 normalization), frozen in incremental stages, so its
+`Features` can be computed once and reused across epochs and evaluations
+(training/features.py); `decode` runs the C-MoEs on them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,26 @@ from unimmad_cl.model.embedding import InputEmbedding
 from unimmad_cl.model.encoder import GeneralEncoder
 from unimmad_cl.model.losses import annealing_factor, focal_cosine_loss, load_balance_loss
 from unimmad_cl.model.scoring import anomaly_map, gaussian_blur, image_score
+
+
+@dataclass
+class Features:
+    """The frozen trunk's outputs for a batch of B samples and n (sample, modality) pairs,
+    L2-normalized over channels as the C-MoEs take them."""
+
+    general: list[torch.Tensor]  # per scale [B, C_l, h_l, w_l], one per sample
+    priors: list[torch.Tensor]  # per scale [n, C_l, h_l, w_l], one per pair
+    sample_index: torch.Tensor  # long [n] sample of each pair (sample-major, slot order)
+    batch_size: int
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None, non_blocking: bool = False) -> "Features":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, dtype=dtype, non_blocking=non_blocking)
+
+        return Features(
+            [move(g) for g in self.general], [move(p) for p in self.priors],
+            self.sample_index.to(device, non_blocking=non_blocking), self.batch_size,
+        )
 
 
 @dataclass
@@ -92,8 +117,14 @@ class UniMMAD(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> UniMMADOutput:
         """images `[B, M, 3, H, W]` (absent slots zero), modality_mask bool `[B, M]`."""
+        return self.decode(self.trunk(images, modality_mask))
+
+    def trunk(self, images: torch.Tensor, modality_mask: torch.Tensor) -> Features:
+        """Embedding + general encoder (one per sample) and prior generator (one per present
+        modality): images `[B, M, 3, H, W]`, modality_mask bool `[B, M]` → `Features` with
+        general per scale `[B, C_l, h_l, w_l]`, priors per scale `[n, C_l, h_l, w_l]` (n = True
+        entries of the mask, sample-major), both L2-normalized over channels."""
         self._check_inputs(images, modality_mask)
-        batch_size = images.shape[0]
         sample_index, slot = modality_mask.nonzero(as_tuple=True)
         # An encoder without trainable parameters (incremental stages) runs without autograd.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._encoder_trains()):
@@ -101,13 +132,35 @@ class UniMMAD(nn.Module):
         priors = self.prior(images[sample_index, slot])
         general = [F.normalize(g, dim=1) for g in general]
         priors = [F.normalize(p.float(), dim=1).to(p.dtype) for p in priors]
+        return Features(general, priors, sample_index, images.shape[0])
+
+    def decode(self, features: Features) -> UniMMADOutput:
+        """The C-MoEs on trunk outputs: per scale, decoded `[n, C_l, h_l, w_l]` for every pair."""
         use_cache = not self.training and not torch.is_grad_enabled()
         decoded, routings = [], []
-        for moe, g, p in zip(self.cmoe, general, priors):
-            d, r = moe(g, p, sample_index, use_cache=use_cache)
+        for moe, g, p in zip(self.cmoe, features.general, features.priors):
+            d, r = moe(g, p, features.sample_index, use_cache=use_cache)
             decoded.append(d)
             routings.append(r)
-        return UniMMADOutput(priors, decoded, sample_index, routings, batch_size)
+        return UniMMADOutput(features.priors, decoded, features.sample_index, routings, features.batch_size)
+
+    def trunk_frozen(self) -> bool:
+        """True when the trunk's outputs cannot change between calls in the current mode: no
+        trunk parameter trains and no trunk layer behaves differently in training mode
+        (batch statistics, dropout). Only then may its `Features` be computed once."""
+        from torch.nn.modules.batchnorm import _BatchNorm
+        from torch.nn.modules.dropout import _DropoutNd
+        from torch.nn.modules.instancenorm import _InstanceNorm
+
+        trunk = (self.embedding, self.encoder, self.prior)
+        if any(p.requires_grad for m in trunk for p in m.parameters()):
+            return False
+        for part in trunk:
+            for module in part.modules():
+                stochastic = isinstance(module, (_BatchNorm, _DropoutNd, _InstanceNorm)) or "Drop" in type(module).__name__
+                if stochastic and module.training:
+                    return False
+        return True
 
     def _check_inputs(self, images: torch.Tensor, modality_mask: torch.Tensor) -> None:
         c = self.config
@@ -142,8 +195,13 @@ class UniMMAD(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, modality_mask: torch.Tensor) -> Prediction:
         """Anomaly maps `[B, H, W]`, image scores `[B]` and per-sample leader usage."""
-        out = self(images, modality_mask)
-        size = tuple(images.shape[-2:])
+        return self.predict_features(self.trunk(images, modality_mask))
+
+    @torch.no_grad()
+    def predict_features(self, features: Features) -> Prediction:
+        """`predict` from trunk outputs (e.g. cached ones): maps at the model's image size."""
+        out = self.decode(features)
+        size = (self.config.image_size, self.config.image_size)
         raw = anomaly_map(out.priors, out.decoded, out.sample_index, out.batch_size, size)
         maps = gaussian_blur(raw, self.config.blur_sigma, self.config.blur_kernel_size)
         scores = image_score(maps, self.config.top_fraction)

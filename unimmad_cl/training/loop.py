@@ -38,25 +38,53 @@ class EpochStats:
     seconds: float
 
 
-def make_loader(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE) -> DataLoader:
-    """Batches drawn with class-balanced sampling (probability ∝ 1 / class size, as model.md
-    states); in an incremental stage the new task keeps `config.new_task_share` of the draws
-    however many replayed classes there are. Under DDP each rank gets its shard of the same
-    draw."""
+def make_sampler(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE):
+    """Class-balanced sampling (probability ∝ 1 / class size, as model.md states); in an
+    incremental stage the new task keeps `config.new_task_share` of the draws however many
+    replayed classes there are. Under DDP each rank gets its shard of the same draw."""
     sampler = ClassBalancedSampler(
         dataset.class_keys(), seed=config.seed, replay=dataset.replay_flags(), new_share=config.new_task_share
     )
-    if d.active:
-        sampler = ShardedSampler(sampler, d)
+    return ShardedSampler(sampler, d) if d.active else sampler
+
+
+def drop_last(sampler, config: TrainConfig) -> bool:
+    # A last batch of one sample would give BatchNorm a single value per channel.
+    return len(sampler) > config.batch_size
+
+
+def make_loader(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE) -> DataLoader:
+    """Batches of `make_sampler`'s draws."""
+    sampler = make_sampler(dataset, config, d)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
         collate_fn=collate,
         num_workers=config.num_workers,
-        # A last batch of one sample would give BatchNorm a single value per channel.
-        drop_last=len(sampler) > config.batch_size,
+        drop_last=drop_last(sampler, config),
     )
+
+
+def make_feature_batches(table, dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE):
+    """`make_loader`'s batches served from precomputed trunk features (training/features.py):
+    same sampler, batch size and drop_last, so the same samples in every batch."""
+    from unimmad_cl.training.features import FeatureBatches, dataset_loss_weights
+
+    sampler = make_sampler(dataset, config, d)
+    return FeatureBatches(table, sampler, config.batch_size, drop_last(sampler, config), dataset_loss_weights(dataset))
+
+
+class _Decode(torch.nn.Module):
+    """The C-MoE half of the model as a module, so that DDP can wrap it (DDP syncs gradients
+    of what runs through its forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return self.model.decode(features)
 
 
 def train_epochs(
@@ -72,16 +100,19 @@ def train_epochs(
     d: Dist = SINGLE,
 ) -> list[EpochStats]:
     """Train from `start_epoch` to `config.epochs`; `on_epoch_end` runs after each epoch
-    (checkpointing). Under DDP the forward runs through the DDP wrapper, which averages the
-    gradients over ranks; the loss is computed by the wrapped model."""
+    (checkpointing). `loader` yields image batches (`make_loader`: the full forward) or
+    cached trunk features (`make_feature_batches`: only `model.decode` runs). Under DDP the
+    forward runs through the DDP wrapper, which averages the gradients over ranks; the loss
+    is computed by the wrapped model."""
     from tqdm import tqdm
 
     autocast = device.type == "cuda" and config.amp
-    net = model
+    cached = getattr(loader, "cached_features", False)
+    net = _Decode(model) if cached else model
     if d.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     history = []
     for epoch in range(start_epoch, config.epochs):
         for group in optimizer.param_groups:
@@ -97,7 +128,7 @@ def train_epochs(
         for batch in bar:
             batch = batch.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                output = net(batch.images, batch.modality_mask)
+                output = net(batch.features) if cached else net(batch.images, batch.modality_mask)
                 losses = model.loss(output, batch.loss_weight, epoch, config.epochs)
             optimizer.zero_grad(set_to_none=True)
             losses.total.backward()

@@ -37,10 +37,10 @@ from unimmad_cl.evaluation.runner import EvaluationResult, evaluate_task
 from unimmad_cl.files import write_text_atomic
 from unimmad_cl.model.io import save_model
 from unimmad_cl.model.unimmad import UniMMAD, freeze_for_incremental
-from unimmad_cl.training import artifacts, replay
+from unimmad_cl.training import artifacts, features, replay
 from unimmad_cl.training.checkpoint import CHECKPOINTS_DIR, checkpoint_path, load_checkpoint, read_checkpoint_info, save_checkpoint
 from unimmad_cl.training.distributed import SINGLE, Dist, barrier, decide, rank_device
-from unimmad_cl.training.loop import EpochStats, make_loader, resolve_device, train_epochs
+from unimmad_cl.training.loop import EpochStats, make_feature_batches, make_loader, resolve_device, train_epochs
 from unimmad_cl.workspace import EVALUATIONS_DIR, evaluation_summary_path
 
 
@@ -145,18 +145,36 @@ def evaluate_tasks(
     ctx: Context, model: UniMMAD, tasks: Sequence[TaskInfo], config: TrainConfig, device: torch.device
 ) -> dict[str, EvaluationResult]:
     """Each task's test split through `model`: metrics, leader counts and the heatmap
-    gallery (most/least anomalous images, every image's small map; see evaluation/gallery.py)."""
+    gallery (most/least anomalous images, every image's small map; see evaluation/gallery.py).
+
+    With `config.feature_cache` and a disk budget, the frozen trunk's outputs of each test
+    set are kept under `<workspace>/cache/features` (training/features.py): a task whose
+    files, trunk weights and preprocessing are unchanged since it was last evaluated runs
+    only through the C-MoEs."""
     from unimmad_cl.evaluation.gallery import K as GALLERY_K
+    from unimmad_cl.training.features import EvaluationCache, note
 
     ids = task_ids(ctx.registry)
+    datasets = [task_dataset(task, ids[task.name], model, task_samples(task, "test")) for task in tasks]
+    cache = None
+    if config.feature_cache:
+        cache = EvaluationCache(ctx.workspace, model, config, progress=ctx.progress, echo=note(ctx.echo))
+        if cache.enabled:
+            cache.plan([(task.name, dataset) for task, dataset in zip(tasks, datasets)])
+        else:
+            cache = None
     results = {}
-    for i, task in enumerate(tasks, start=1):
-        dataset = task_dataset(task, ids[task.name], model, task_samples(task, "test"))
+    for i, (task, dataset) in enumerate(zip(tasks, datasets), start=1):
+        data = dataset
+        if cache is not None:
+            data = cache.batches(task.name, dataset, config.eval_batch_size, config.num_workers, device)
         results[task.name] = evaluate_task(
-            model, dataset, task=task.name, batch_size=config.eval_batch_size,
+            model, data, task=task.name, batch_size=config.eval_batch_size,
             num_workers=config.num_workers, device=device, progress=ctx.progress, gallery=GALLERY_K,
-            desc=f"evaluate {task.name} ({i}/{len(tasks)})",
+            desc=f"evaluate {task.name} ({i}/{len(tasks)}{', cached features' if getattr(data, 'cached', False) else ''})",
         )
+    if cache is not None and ctx.progress and cache.describe():
+        note(ctx.echo)(cache.describe())
     return results
 
 
@@ -194,7 +212,10 @@ def write_evaluation_summary(ctx: Context, stage: int, results: dict[str, Evalua
 
 def _fingerprint(kind: str, tasks: list[str], parent: int | None, model: ModelConfig, train: TrainConfig) -> str:
     """What must match for a checkpoint to be resumed (device and loader workers may change)."""
-    train_dict = {k: v for k, v in train.to_dict().items() if k not in ("device", "num_workers", "eval_batch_size")}
+    train_dict = {
+        k: v for k, v in train.to_dict().items()
+        if k not in ("device", "num_workers", "eval_batch_size") and not k.startswith("feature_cache")
+    }
     text = json.dumps([kind, tasks, parent, model.to_dict(), train_dict], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -319,18 +340,37 @@ def run_stage(
         )
         return artifact, {task: r.mean for task, r in results.items()}, seconds
 
+    def batches():
+        """Image batches, or, when the trunk is frozen (incremental subset), the same batches
+        served from its features computed once (training/features.py)."""
+        if start_epoch < config.epochs and features.training_cache_applies(model, config, kind):
+            table = features.precompute_training(
+                model, dataset, config, device, workspace=ctx.workspace, stage=number, progress=ctx.progress and d.is_main,
+                echo=ctx.echo, rank=d.rank,
+            )
+            if table is not None:
+                return make_feature_batches(table, dataset, config, d), table
+        return make_loader(dataset, config, d), None
+
+    table = None
     try:
+        loader, table = batches()
         history = train_epochs(
-            model, make_loader(dataset, config, d), optimizer, config, device, start_epoch=start_epoch,
+            model, loader, optimizer, config, device, start_epoch=start_epoch,
             on_epoch_end=on_epoch_end, progress=ctx.progress, desc=f"stage {number}", d=d,
         )
+        del loader
+        features.release_training(table)
+        table = None
         artifact, evaluation, seconds = decide(d, finish)
     except KeyboardInterrupt:
+        features.release_training(table)
         if d.is_main:
             kept = read_checkpoint_info(ckpt).epochs_done if ckpt.exists() else 0
             store.fail_stage(ctx.registry, number, f"interrupted after epoch {kept}; rerun the command to resume")
         raise
     except BaseException as exc:
+        features.release_training(table)
         if d.is_main:
             if isinstance(exc, UserError) and not ckpt.exists():
                 # Bad input found before any epoch finished: leave the registry as it was.
