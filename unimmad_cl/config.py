@@ -33,6 +33,8 @@ class ModelConfig:
     backbone_weights: str | None = None
     image_size: int = 256
     max_modalities: int = 4
+    # The input embedding's stem: conv3×3 widths at full resolution (paper: 24, 48).
+    stem_widths: tuple[int, ...] = (24, 48)
     # Feature compression module: inner width E_f and the stride-32 bottleneck width.
     fcm_width: int = 512
     bottleneck_channels: int = 2048
@@ -92,6 +94,8 @@ class ModelConfig:
                 f"config field image_size={self.image_size}: expected a multiple of 32 "
                 "(the FCM compresses to stride 32)"
             )
+        if len(self.stem_widths) != 2 or min(self.stem_widths) <= 0:
+            raise UserError(f"config field stem_widths={list(self.stem_widths)}: expected 2 widths > 0")
         if len(self.backbone_out_indices) != 3 or len(self.decoder_depths) != 3:
             raise UserError("config fields backbone_out_indices and decoder_depths: expected 3 values")
         if self.blur_kernel_size % 2 == 0:

@@ -14,19 +14,22 @@ def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 class InputEmbedding(nn.Module):
     """Learned additive embedding `[3·M, H, W]` (init N(0, 0.02²)) and a 3-conv stem with a
-    1×1 shortcut, so that any set of up to M modalities feeds one 3-channel CNN.
+    1×1 shortcut, so that any set of up to M modalities feeds one 3-channel CNN. The stem's
+    widths are the paper's 24 and 48 by default; at full resolution they cost several times
+    a small backbone (EfficientNet-Lite0 at 128 px), hence `widths`.
 
     Input `[B, 3·M, H, W]` → output `[B, 3, H, W]`.
     """
 
-    def __init__(self, max_modalities: int, image_size: int):
+    def __init__(self, max_modalities: int, image_size: int, widths: tuple[int, int] = (24, 48)):
         super().__init__()
         channels = 3 * max_modalities
+        first, second = widths
         self.embedding = nn.Parameter(torch.randn(channels, image_size, image_size) * 0.02)
         self.stem = nn.Sequential(
-            conv_bn_relu(channels, 24),
-            conv_bn_relu(24, 48),
-            nn.Conv2d(48, 3, 3, padding=1),
+            conv_bn_relu(channels, first),
+            conv_bn_relu(first, second),
+            nn.Conv2d(second, 3, 3, padding=1),
         )
         self.shortcut = nn.Conv2d(channels, 3, 1)
 

@@ -98,7 +98,7 @@ class UniMMAD(nn.Module):
         self.normalization = backbone_normalization(prior_extractor)
         channels = feature_channels(prior_extractor)
         self.channels = channels
-        self.embedding = InputEmbedding(config.max_modalities, config.image_size)
+        self.embedding = InputEmbedding(config.max_modalities, config.image_size, config.stem_widths)
         self.encoder = GeneralEncoder(trainable_copy, channels, config)
         self.prior = PriorGenerator(prior_extractor)
         self.cmoe = nn.ModuleList(
