@@ -112,6 +112,50 @@ def test_trunk_frozen_only_with_the_incremental_subset():
     assert not fc.training_cache_applies(model, config.with_overrides(feature_cache=False), "incremental")
 
 
+# --------------------------------------------------------------------------- tables
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_tables_in_memory_and_on_disk_give_the_same_rows(tmp_path, dtype):
+    """bf16 is what the trunk returns under CUDA autocast; numpy has no bf16 (raw int16)."""
+    from safetensors.torch import load_file
+
+    from unimmad_cl.model.unimmad import Features
+
+    g = torch.Generator().manual_seed(0)
+    counts = [1, 2, 1, 3, 2]
+    batches = [(0, 2), (2, 5)]
+    full = Features(
+        [torch.randn(5, 4, 8, 8, generator=g).to(dtype), torch.randn(5, 6, 4, 4, generator=g).to(dtype)],
+        [torch.randn(9, 4, 8, 8, generator=g).to(dtype), torch.randn(9, 6, 4, 4, generator=g).to(dtype)],
+        torch.repeat_interleave(torch.arange(5), torch.tensor(counts)), 5,
+    )
+    offsets = [0, *np.cumsum(counts)]
+    tables = []
+    for path in (None, tmp_path / "t.safetensors"):
+        writer = fc.TableWriter(fc.table_columns(full, 5, 9, dtype), 2, path, {"key": "k"})
+        for a, b in batches:
+            pairs = slice(offsets[a], offsets[b])
+            writer.put(Features([x[a:b] for x in full.general], [x[pairs] for x in full.priors],
+                                full.sample_index[pairs] - a, b - a))
+        tables.append(writer.commit())
+    memory, disk = tables
+    assert disk.metadata["key"] == "k" and set(load_file(str(tmp_path / "t.safetensors"))) == set(disk.data)
+    rows = torch.tensor([3, 0, 3, 4])
+    for table in tables:
+        f = table.gather(rows)
+        assert f.sample_index.tolist() == [0, 0, 0, 1, 2, 2, 2, 3, 3] and f.batch_size == 4
+        assert torch.equal(f.general[1], full.general[1][rows]) and f.general[1].dtype == dtype
+        assert torch.equal(f.priors[0], full.priors[0][[4, 5, 6, 0, 4, 5, 6, 7, 8]])
+        s = table.slice(1, 3)
+        assert torch.equal(s.priors[1], full.priors[1][1:4]) and s.sample_index.tolist() == [0, 0, 1]
+    # A writer that does not get every row leaves no file behind.
+    writer = fc.TableWriter(fc.table_columns(full, 5, 9, dtype), 2, tmp_path / "short.safetensors")
+    with pytest.raises(ValueError, match="expected 5"):
+        writer.commit()
+    assert not list(tmp_path.glob("*short*")) and not list(tmp_path.glob(".*.tmp"))
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -355,3 +399,25 @@ def test_incremental_stage_uses_the_caches_and_trainable_all_does_not(based, tmp
     assert "feature cache: 0 task(s) evaluated from cached test features, 4 cached now" in out
     rows = json.loads(run(["stages", "--json"], ws).output)
     assert [r["status"] for r in rows] == ["completed"] * 3
+
+
+def test_a_bad_budget_variable_stops_a_stage_before_it_starts(based, tmp_path):
+    ws = copy_ws(based, tmp_path, keep_cache=True)
+    result = CliRunner().invoke(main, ["--workspace", str(ws), "train-incremental", "--tasks", "tiles", "--quiet"],
+                                env={fc.BUDGET_ENV: "lots"})
+    assert result.exit_code == 2
+    assert f"error: {fc.BUDGET_ENV}='lots': expected a number of MiB >= 0" in result.output
+    assert "Traceback" not in result.output
+    assert [r["stage"] for r in json.loads(run(["stages", "--json"], ws).output)] == [0]  # nothing recorded
+
+
+def test_incremental_speed_benchmark_quick_runs(tmp_path):
+    from benchmarks import incremental_speed
+
+    incremental_speed.main(["--quick", "--no-memory", "--repeats", "1", "--out-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "incremental_speed.json").read_text())
+    assert result["environment"]["torch_threads"] == 1 and "load_avg_end" in result["environment"]
+    assert set(result["timings"]) >= {"base_epoch", "incremental_epoch_uncached", "incremental_epoch_cached",
+                                      "evaluate_first", "evaluate_cached", "precompute"}
+    assert 0 < result["ratios"]["incremental_cached_vs_base_epoch"] and result["eval_entry_bytes"] > 0
+    assert result["fp16_cache_max_abs_metric_diff_vs_uncached"] < FP16_METRIC_TOL

@@ -261,6 +261,7 @@ def run_stage(
     restart: bool,
 ) -> StageReport:
     """Train, write the artifact, evaluate, record replay buffers, complete."""
+    features.disk_budget_bytes(config)  # a bad UNIMMAD_FEATURE_CACHE_MB fails before any work
     names = [t.name for t in tasks]
     ids = task_ids(ctx.registry)
     datasets = [task_dataset(t, ids[t.name], model, train_samples[t.name]) for t in tasks]
