@@ -154,8 +154,9 @@ PRESETS: dict[str, ModelConfig] = {
         backbone="tf_efficientnet_lite0",
         backbone_weights="packaged",
         image_size=128,
-        fcm_width=96,
-        bottleneck_channels=256,
+        stem_widths=(12, 24),
+        fcm_width=192,
+        bottleneck_channels=1024,
         decoder_depths=(1, 1, 1),
         decoder_width_factor=2,
         embed_dim=64,
@@ -305,7 +306,9 @@ class TrainConfig:
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
-    "lite": TrainConfig(epochs=20, batch_size=8),
+    # Batch 4 at lr 2e-3: on a CPU the budget is samples, and more, larger steps learn more
+    # from the same samples (BENCHMARKS.md, "Sizing the lite preset").
+    "lite": TrainConfig(epochs=20, batch_size=4, lr=2e-3),
     "tiny": TrainConfig(epochs=12, batch_size=8),
 }
 
