@@ -235,6 +235,10 @@ class TrainConfig:
     # Share of an incremental stage's draws that go to the new task (the rest: replay), fixed
     # so that it does not shrink as old classes accumulate.
     new_task_share: float = 0.5
+    # Multiplier of the annealed load-balance term (model.md: 1).
+    load_balance_weight: float = 1.0
+    # L2 pull of the trained parameters towards their values at the stage's start (0: off).
+    anchor_weight: float = 0.0
     # Which parameters an incremental stage trains: the paper's subset, or all (ablation).
     trainable: str = "incremental"
     eval_batch_size: int = 16
@@ -268,6 +272,9 @@ class TrainConfig:
             raise UserError(f"training setting lr={self.lr!r}: expected > 0")
         if self.num_workers < 0:
             raise UserError(f"training setting num_workers={self.num_workers}: expected >= 0")
+        for name in ("load_balance_weight", "anchor_weight"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"training setting {name}={getattr(self, name)!r}: expected >= 0")
         if not 0 < self.new_task_share <= 1:
             raise UserError(f"training setting new_task_share={self.new_task_share}: expected in (0, 1]")
         if not 0 <= self.replay_ratio <= 1:

@@ -182,13 +182,15 @@ class UniMMAD(nn.Module):
         loss_weight: torch.Tensor,
         epoch: int,
         total_epochs: int,
+        balance_weight: float = 1.0,
     ) -> Losses:
-        """loss_weight `[B]` per-sample task weights; epoch counts from 0."""
+        """loss_weight `[B]` per-sample task weights; epoch counts from 0; balance_weight
+        scales the annealed load-balance term (model.md's objective: 1)."""
         consistency = focal_cosine_loss(
             output.decoded, output.priors, loss_weight[output.sample_index].float(), self.config.focal_gamma
         )
         balance = load_balance_loss(output.routings, self.config.z_loss_weight)
-        total = consistency + annealing_factor(epoch, total_epochs) * balance
+        total = consistency + balance_weight * annealing_factor(epoch, total_epochs) * balance
         return Losses(total=total, consistency=consistency, load_balance=balance)
 
     # ------------------------------------------------------------------ inference
