@@ -12,6 +12,7 @@ import os
 
 import click
 
+from unimmad_cl import runtime
 from unimmad_cl.errors import UserError
 
 # command name -> "module:attribute" (a click.Command)
@@ -118,13 +119,25 @@ def _usage_message(exc: click.UsageError) -> str:
     help="Workspace folder (env UNIMMAD_HOME; default ./unimmad-workspace).",
 )
 @click.option("--db", "db_url", default=None, help="Registry SQLAlchemy URL (env UNIMMAD_DB).")
+@click.option(
+    "--threads",
+    metavar="auto|N",
+    default=None,
+    help="CPU threads of torch (env UNIMMAD_THREADS): auto (default: the cores minus the load "
+    "average, at least 1; waiting threads spin briefly, then sleep), N, or 0 for torch's own defaults.",
+)
 @click.version_option(package_name="unimmad-cl")
 @click.pass_context
-def main(ctx: click.Context, workspace: str | None, db_url: str | None) -> None:
+def main(ctx: click.Context, workspace: str | None, db_url: str | None, threads: str | None) -> None:
     """unimmad-cl: one UniMMAD anomaly-detection model that grows, task by task."""
     ctx.ensure_object(dict)
     ctx.obj["workspace"] = workspace or os.environ.get("UNIMMAD_HOME") or "unimmad-workspace"
     ctx.obj["db_url"] = db_url or os.environ.get("UNIMMAD_DB")
+    # Threads and OpenMP wait policy, set in the environment before any command imports torch
+    # (this imports nothing); undone when the command ends, for callers that run it in-process.
+    saved = runtime.snapshot()
+    ctx.obj["runtime"] = runtime.configure(threads)
+    ctx.call_on_close(lambda: runtime.restore(saved))
 
 
 if __name__ == "__main__":

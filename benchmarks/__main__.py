@@ -30,6 +30,7 @@ SUITE = {
     "metrics_speed": ("benchmarks.metrics_speed", [], ["--quick"]),
     "registry_scale": ("benchmarks.registry_scale", [], ["--quick"]),
     "cli_startup": ("benchmarks.cli_startup", [], ["--runs", "2"]),
+    "concurrency": ("benchmarks.concurrency", [], ["--quick"]),
 }
 # benchmarks by colleagues with their own argument sets
 OWN_ARGS = {"metrics_speed", "cli_startup"}

@@ -142,8 +142,26 @@ def cli(r: dict) -> list[str]:
     return out
 
 
+def concurrency(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"`{r['command']}` — {s['preset']} {s['image_size']} px, batch {s['batch']}, {s['steps']} timed steps, "
+           f"{r['environment']['cpus_available']} cores", "",
+           "| variant | processes | samples/s each | ratio to its solo (slowest) | ratio to default solo | samples per CPU s | threads | wait | load avg at start |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for v, rows in r["summary"].items():
+        for n, row in rows.items():
+            to_default = row.get("ratio_to_default_solo_min")
+            out.append(
+                f"| {v} | {n} | {', '.join(f'{x:.2f}' for x in row['samples_per_s_each'])} | "
+                f"**{row['ratio_to_solo_min']:.2f}** | {'-' if to_default is None else f'{to_default:.2f}'} | "
+                f"{row['samples_per_cpu_s']:.2f} | "
+                f"{'/'.join(map(str, row['threads']))} | {'/'.join(row['wait_policy'])} | "
+                f"{', '.join(f'{x:.1f}' for x in row['load_avg_at_start'])} |")
+    return out
+
+
 SECTIONS = [("cmoe_inference", cmoe), ("inference", inference), ("training_speed", training), ("storage", storage),
-            ("metrics_speed", metrics), ("registry_scale", registry), ("cli_startup", cli)]
+            ("metrics_speed", metrics), ("registry_scale", registry), ("cli_startup", cli), ("concurrency", concurrency)]
 
 
 def main(argv: list[str] | None = None) -> None:

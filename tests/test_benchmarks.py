@@ -29,7 +29,7 @@ def test_storage_sizes_match_real_files_and_paper_saves_experts(tmp_path):
 
 def test_suite_runner_lists_every_benchmark_and_rejects_unknown(tmp_path, capsys):
     assert {"cmoe_inference", "inference", "training_speed", "storage", "metrics_speed",
-            "registry_scale", "cli_startup"} == set(SUITE)
+            "registry_scale", "cli_startup", "concurrency"} == set(SUITE)
     assert suite_main(["--only", "storage", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "storage.json").is_file()
     assert "1/1 benchmarks" in capsys.readouterr().out

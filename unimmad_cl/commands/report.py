@@ -157,9 +157,10 @@ def demo(out_dir, epochs, incremental_epochs, quick, device, quiet):
                        incremental_epochs=incremental_epochs or settings.incremental_epochs)
     # Steps and the report go to stdout; the stages' epoch lines to stderr, like the bars.
     detail = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    chosen = (click.get_current_context().find_object(dict) or {}).get("runtime")
-    if chosen is not None:  # threads and wait policy chosen by `unimmad-cl`
-        detail(chosen.describe())
+    from unimmad_cl.runtime import described_first
+
+    # the threads and wait policy `unimmad-cl` chose, before the stages' first line
+    detail = described_first(detail, (click.get_current_context().find_object(dict) or {}).get("runtime"))
     result = run_demo(out_dir, settings, device=device, progress=not quiet, echo=click.echo, detail=detail)
     ws = result.workspace
     click.echo(f"demo finished in {result.seconds:.0f} s. Explore the workspace:")

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from registry import store
+from unimmad_cl import runtime
 from unimmad_cl.errors import UserError
 from unimmad_cl.workspace import Workspace
 
@@ -81,6 +82,8 @@ def _training_context(obj: dict, quiet: bool, device: str | None):
     decide(d, lambda: workspace.open_registry().close())
     with workspace.open_registry(upgrade=False) as registry, lock, _terminate_as_interrupt():
         echo = (lambda _msg: None) if quiet or not d.is_main else (lambda msg: click.echo(msg, err=True))
+        # the threads and wait policy `unimmad-cl` chose, just before the stage's first line
+        echo = runtime.described_first(echo, obj.get("runtime"))
         yield Context(workspace.path, registry, progress=not quiet, echo=echo, dist=d)
 
 
