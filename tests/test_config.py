@@ -40,3 +40,19 @@ def test_missing_config_file_and_unknown_preset(tmp_path):
         load_model_config("tiny", tmp_path / "none.yaml")
     with pytest.raises(UserError, match="unknown preset"):
         ModelConfig.preset("medium")
+
+
+def test_train_settings_from_yaml_are_typed(tmp_path):
+    """YAML 1.1 reads `5e-4` as a string; a number setting takes it, a wrong type is one line."""
+    from unimmad_cl.config import load_configs
+
+    path = tmp_path / "train.yaml"
+    path.write_text("train:\n  lr: 5e-4\n  epochs: 3\n  load_balance_weight: 0\n")
+    _, train = load_configs("lite", path)
+    assert train.lr == 5e-4 and train.epochs == 3 and train.load_balance_weight == 0.0
+    for text, message in [("train:\n  epochs: 2.5\n", "epochs=2.5: expected a whole number"),
+                          ("train:\n  lr: fast\n", "lr='fast': expected a number"),
+                          ("train:\n  amp: sometimes\n", "amp='sometimes': expected true or false")]:
+        path.write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_configs("lite", path)

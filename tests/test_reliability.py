@@ -60,6 +60,16 @@ if point == "artifact_write":
 elif point == "evaluation":
     import unimmad_cl.evaluation.runner as runner
     runner.evaluate_task = lambda *a, **k: die()
+elif point == "hold_after_checkpoint":
+    # the first epoch's checkpoint is written, then the process waits to be killed or
+    # interrupted from outside (a fast machine would otherwise finish the stage first)
+    import time
+    import unimmad_cl.training.stages as stages
+    real_checkpoint = stages.save_checkpoint
+    def save_checkpoint(*args, **kwargs):
+        real_checkpoint(*args, **kwargs)
+        time.sleep(600)
+    stages.save_checkpoint = save_checkpoint
 elif point == "before_complete":
     # evaluations and replay buffers are recorded; the "completed" commit never happens
     from registry import store
@@ -240,16 +250,12 @@ def base_run(tmp_path_factory, data) -> dict:
 
     # 1. SIGKILL mid-stage, from outside, right after the first epoch's checkpoint appears.
     #    Meanwhile a second training command is refused (one writer).
-    run = Run(ws, args)
+    run = Run(ws, args, kill_at="hold_after_checkpoint")
     run.wait_for(ws / "checkpoints" / "stage_000.ckpt.safetensors")
     busy = cli(ws, "train-incremental", "--tasks", "pcb_ir", "--quiet")
     notes["busy"] = (busy.exit_code, busy.output, state(ws)["stages"])
     assert run.signal(signal.SIGKILL) == -signal.SIGKILL
     notes["mid_epoch"] = assert_consistent(ws)
-    # On a busy machine the process may finish its second epoch before the kill lands.
-    from unimmad_cl.training.checkpoint import read_checkpoint_info
-
-    notes["epochs_at_kill"] = read_checkpoint_info(ws / "checkpoints" / "stage_000.ckpt.safetensors").epochs_done
 
     # 2. the next command finds stage 0 "running" (its process is dead), resumes it from
     #    the checkpoint and dies half-way through writing base.safetensors
@@ -281,7 +287,7 @@ def incremental_run(base_run, tmp_path_factory) -> dict:
     args = ["train-incremental", "--tasks", "pcb_ir", "--epochs", "2", "--batch-size", "8"]
     notes: dict = {"ws": ws}
 
-    run = Run(ws, args)
+    run = Run(ws, args, kill_at="hold_after_checkpoint")
     run.wait_for(ws / "checkpoints" / "stage_001.ckpt.safetensors")
     notes["ctrl_c"] = (run.signal(signal.SIGINT), run.output(), assert_consistent(ws))
 
@@ -303,9 +309,7 @@ def test_killed_base_stage_leaves_a_consistent_registry_and_resumes(base_run):
     assert stage.status == "running" and stage.artifact is None  # the dead process's row
     assert base_run["mid_epoch"]["tasks"]["fabric"].trained_in_stage is None
     # the rerun resumed from the checkpoint instead of starting over
-    assert base_run["epochs_at_kill"] in (1, 2)
-    assert f"resuming after epoch {base_run['epochs_at_kill']}" in base_run["resume_output"], \
-        base_run["resume_output"][-2000:]
+    assert "resuming after epoch 1" in base_run["resume_output"], base_run["resume_output"][-2000:]
     assert not base_run["torn_base_exists"], "a torn base.safetensors under its final name"
     for point in ("artifact_write", "before_complete"):
         assert base_run[point]["stages"][0].status == "running", point

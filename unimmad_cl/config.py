@@ -237,8 +237,6 @@ class TrainConfig:
     new_task_share: float = 0.5
     # Multiplier of the annealed load-balance term (model.md: 1).
     load_balance_weight: float = 1.0
-    # L2 pull of the trained parameters towards their values at the stage's start (0: off).
-    anchor_weight: float = 0.0
     # Which parameters an incremental stage trains: the paper's subset, or all (ablation).
     trainable: str = "incremental"
     eval_batch_size: int = 16
@@ -272,9 +270,8 @@ class TrainConfig:
             raise UserError(f"training setting lr={self.lr!r}: expected > 0")
         if self.num_workers < 0:
             raise UserError(f"training setting num_workers={self.num_workers}: expected >= 0")
-        for name in ("load_balance_weight", "anchor_weight"):
-            if not getattr(self, name) >= 0:
-                raise UserError(f"training setting {name}={getattr(self, name)!r}: expected >= 0")
+        if not self.load_balance_weight >= 0:
+            raise UserError(f"training setting load_balance_weight={self.load_balance_weight!r}: expected >= 0")
         if not 0 < self.new_task_share <= 1:
             raise UserError(f"training setting new_task_share={self.new_task_share}: expected in (0, 1]")
         if not 0 <= self.replay_ratio <= 1:
@@ -308,7 +305,35 @@ class TrainConfig:
         unknown = set(changes) - known
         if unknown:
             raise UserError(f"unknown training setting {sorted(unknown)[0]!r}; expected one of: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **changes).validated()
+        typed = {name: _typed_setting(name, value, getattr(self, name)) for name, value in changes.items()}
+        return dataclasses.replace(self, **typed).validated()
+
+
+def _typed_setting(name: str, value: Any, default: Any) -> Any:
+    """`value` as the type of the setting's default (values from YAML files arrive as
+    whatever YAML made of them: `lr: 5e-4` is a string to YAML 1.1)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "a whole number"
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        expected = "a number"
+    else:
+        if isinstance(value, str):
+            return value
+        expected = "a string"
+    raise UserError(f"training setting {name}={value!r}: expected {expected}")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {

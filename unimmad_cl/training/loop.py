@@ -87,21 +87,6 @@ class _Decode(torch.nn.Module):
         return self.model.decode(features)
 
 
-class Anchor:
-    """`weight · Σ ‖θ − θ₀‖²` over the optimizer's parameters, θ₀ their values when the
-    stage started: an incremental stage may move the parameters all tasks share (routers,
-    aggregation convs) only as far as the new task needs (an L2 anchor to the previous
-    stage, as in L2 transfer / EWC with a uniform importance)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, weight: float):
-        self.weight = weight
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.start = [p.detach().clone() for p in self.params]
-
-    def penalty(self) -> torch.Tensor:
-        return self.weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.start))
-
-
 def train_epochs(
     model,
     loader: DataLoader,
@@ -128,7 +113,6 @@ def train_epochs(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    anchor = Anchor(optimizer, config.anchor_weight) if config.anchor_weight > 0 else None
     history = []
     for epoch in range(start_epoch, config.epochs):
         for group in optimizer.param_groups:
@@ -146,9 +130,8 @@ def train_epochs(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 output = net(batch.features) if cached else net(batch.images, batch.modality_mask)
                 losses = model.loss(output, batch.loss_weight, epoch, config.epochs, config.load_balance_weight)
-                total = losses.total + anchor.penalty() if anchor is not None else losses.total
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            losses.total.backward()
             optimizer.step()
             n = len(batch)
             seen += n
