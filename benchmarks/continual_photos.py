@@ -72,35 +72,65 @@ QUICK = Settings(tasks=("brick", "coffee", "grass"), base_tasks=("brick", "coffe
                  n_test=6, base_epochs=1, incremental_epochs=1, rd_epochs=1)
 
 
-def run_protocol(kind: str, data: Path, workspace: Path, settings: Settings, threads: int) -> dict:
-    """Train one protocol in a fresh workspace through the library API; its figures."""
+def _configs(settings: Settings):
+    from unimmad_cl.config import ModelConfig, TrainConfig
+
+    model_config = ModelConfig.preset(settings.preset).replace(image_size=settings.image_size)
+    train = TrainConfig.preset(settings.preset).with_overrides(seed=settings.seed, device="cpu", epochs=settings.base_epochs)
+    return model_config, train
+
+
+def _context(registry, workspace: Path, kind: str):
+    from unimmad_cl.training.stages import Context
+
+    return Context(workspace, registry, progress=False, echo=lambda msg: print(f"  [{kind}] {msg}", flush=True))
+
+
+def train_shared_base(data: Path, workspace: Path, settings: Settings, threads: int, tasks) -> dict:
+    """A base stage on `tasks` in a fresh workspace with every benchmark task registered."""
     common.set_threads(threads)
     warnings.filterwarnings("ignore", message="backbone .* has RANDOM weights")
     from registry import store
     from registry.definitions import load_definitions
-    from unimmad_cl.config import ModelConfig, TrainConfig
-    from unimmad_cl.evaluation.report import load_report
-    from unimmad_cl.training.stages import Context, train_base, train_incremental
+    from unimmad_cl.training.stages import train_base
     from unimmad_cl.workspace import Workspace
 
+    model_config, train = _configs(settings)
     ws = Workspace.resolve(workspace)
-    model_config = ModelConfig.preset(settings.preset).replace(image_size=settings.image_size)
-    train = TrainConfig.preset(settings.preset).with_overrides(
-        seed=settings.seed, device="cpu", epochs=settings.base_epochs)
     started, cpu_started = time.perf_counter(), time.process_time()
     with ws.open_registry() as registry:
         specs = {s.name: s for s in load_definitions(data / "tasks.yaml", data_root=data)}
         store.add_tasks(registry, [specs[name] for name in settings.tasks])
-        ctx = Context(ws.path, registry, progress=False, echo=lambda msg: print(f"  [{kind}] {msg}", flush=True))
-        base_tasks = list(settings.tasks) if kind == "joint" else list(settings.base_tasks)
-        train_base(ctx, base_tasks, model_config, train)
+        train_base(_context(registry, ws.path, "base"), list(tasks), model_config, train)
+    return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
+
+
+def run_protocol(kind: str, data: Path, workspace: Path, settings: Settings, threads: int, base: Path | None) -> dict:
+    """One protocol through the library API: joint trains its own base stage on every task;
+    the continual ones copy the shared base workspace (`base`) and add one stage per task."""
+    common.set_threads(threads)
+    warnings.filterwarnings("ignore", message="backbone .* has RANDOM weights")
+    from registry import store
+    from unimmad_cl.evaluation.report import load_report
+    from unimmad_cl.training.stages import train_incremental
+    from unimmad_cl.workspace import Workspace
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if kind == "joint":
+        train_shared_base(data, workspace, settings, threads, settings.tasks)
+    else:
+        shutil.copytree(base, workspace, ignore=shutil.ignore_patterns("cache"))
+    ws = Workspace.resolve(workspace)
+    _, train = _configs(settings)
+    with ws.open_registry() as registry:
         if kind != "joint":
             later = train.with_overrides(epochs=settings.incremental_epochs)
             if kind == "naive":
                 later = later.with_overrides(trainable="all", replay_ratio=0.0)
             elif kind == "all_replay":
                 later = later.with_overrides(trainable="all")
-            train_incremental(ctx, [t for t in settings.tasks if t not in base_tasks], later)
+            new = [t for t in settings.tasks if t not in settings.base_tasks]
+            train_incremental(_context(registry, ws.path, kind), new, later)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         reports = {m: load_report(registry, ws.path, m) for m in METRICS}
         stages = store.list_stages(registry)
@@ -189,7 +219,42 @@ def _worker(job: tuple) -> tuple[str, dict]:
         return kind, run_ceiling(data, settings, threads)
     if kind in ("patchcore", "rd"):
         return kind, run_peer(kind, data, settings, threads)
-    return kind, run_protocol(kind, data, root / kind, settings, threads)
+    if kind == "base":
+        return kind, train_shared_base(data, root / "base", settings, threads, settings.base_tasks)
+    return kind, run_protocol(kind, data, root / kind, settings, threads, root / "base")
+
+
+def _run_jobs(jobs: list[tuple], parallel: int) -> dict:
+    if parallel > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(parallel, len(jobs))) as pool:
+            return dict(pool.map(_worker, jobs))
+    return dict(_worker(job) for job in jobs)
+
+
+def new_task_shares(old_classes=(2, 8, 32), new_items: int = 60, epochs: int = 20) -> dict:
+    """The new task's share of an incremental stage's draws with 2, 8 and 32 replayed old
+    classes (one replayed sample each, as 1 % replay of 60-image tasks keeps), with the
+    stage's sampler and with plain class balance over the whole stage (the earlier sampler)."""
+    from unimmad_cl.data.dataset import ClassBalancedSampler
+
+    out = {}
+    for n_old in old_classes:
+        keys = [("new", "c")] * new_items + [(f"old{i}", "c") for i in range(n_old)]
+        replay = [False] * new_items + [True] * n_old
+        shares = {}
+        for name, sampler in (("stage sampler", ClassBalancedSampler(keys, seed=0, replay=replay)),
+                              ("plain class balance", ClassBalancedSampler(keys, seed=0))):
+            drawn = new = 0
+            for epoch in range(epochs):
+                sampler.set_epoch(epoch)
+                indices = list(sampler)
+                drawn += len(indices)
+                new += sum(not replay[i] for i in indices)
+            shares[name] = new / drawn
+        out[str(n_old)] = shares
+    return out
 
 
 # --------------------------------------------------------------------------- tables
@@ -272,15 +337,15 @@ def main(argv: list[str] | None = None) -> int:
 
         write_photo_benchmark(root / "data", settings.seed, settings.image_size, settings.n_train, settings.n_test,
                               tasks=list(settings.tasks))
-        jobs = [(kind, root / "data", root, settings, threads) for kind in chosen]
         print(f"running {', '.join(chosen)} ({threads} torch threads, {args.jobs} at once)", flush=True)
-        if args.jobs > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
-                runs = dict(pool.map(_worker, jobs))
-        else:
-            runs = dict(_worker(job) for job in jobs)
+        continual = [k for k in chosen if k in ("recipe", "naive", "all_replay")]
+        # The continual protocols share one base stage, trained beside the others first.
+        first = (["base"] if continual else []) + [k for k in chosen if k not in continual and k != "rd"]
+        second = continual + [k for k in chosen if k == "rd"]
+        runs = {}
+        for phase in (first, second):
+            runs.update(_run_jobs([(kind, root / "data", root, settings, threads) for kind in phase], args.jobs))
+        shared_base = runs.pop("base", None)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {
@@ -288,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": common.finish_environment(env),
         "settings": {**asdict(settings), "quick": args.quick, "jobs": args.jobs},
         "runs": runs,
+        "shared_base": shared_base,
+        "new_task_share_of_draws": new_task_shares(),
         "tables_markdown": markdown_tables(runs, settings),
     }
     path = common.write_result(NAME, result, args.out_dir)
