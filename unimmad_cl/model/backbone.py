@@ -148,7 +148,6 @@ def build_backbone_pair(
     if provenance is not None and provenance.source in ("package", "file"):
         load_weights_into(prior, read_state_dict(provenance.file), provenance.file, config.backbone)
     elif provenance is not None and provenance.source == "random":
-        enable_residual_branches(prior)
         message = (
             f"backbone {config.backbone!r} has RANDOM weights: no backbone_weights file was "
             "given. Anomaly detection quality will be far below the paper's; use the default "
@@ -175,16 +174,6 @@ def stage_features(features: list[torch.Tensor]) -> list[torch.Tensor]:
     in ReLU), essential for EfficientNets, whose stage outputs are linear projections and
     partly negative, which the decoder and C-MoE (both ending in ReLU) could never match."""
     return [torch.relu(f) for f in features]
-
-
-def enable_residual_branches(extractor: nn.Module) -> None:
-    """Random init only: timm zero-initializes the last BatchNorm of every residual block,
-    which leaves a random ResNet's stages as bare strided 1×1 projections. Setting those
-    scales to 1 gives random features with spatial context."""
-    with torch.no_grad():
-        for module in extractor.modules():
-            if isinstance(module, nn.BatchNorm2d) and not module.weight.any():
-                module.weight.fill_(1.0)
 
 
 @torch.no_grad()
