@@ -64,6 +64,6 @@ def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):
 
 def test_default_settings_match_the_documented_demo():
     settings = DemoSettings().validated()
-    assert settings.base_tasks == ("brick", "coffee", "motorcycle") and settings.preset == "lite"
+    assert settings.base_tasks == ("brick", "coffee") and settings.preset == "lite"
     assert settings.image_size >= 128 and settings.replay_ratio == 0.01
     assert set(QUICK.base_tasks) <= set(QUICK.tasks)

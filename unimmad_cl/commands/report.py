@@ -143,10 +143,10 @@ def predict(obj, task_name, stage_number, out_dir, device, batch_size, quiet, in
 def demo(out_dir, epochs, incremental_epochs, quick, device, quiet):
     """The whole pipeline on real photographs, then the forgetting report.
 
-    Writes the real-photo benchmark to OUT/data, trains a base stage on brick (gray texture),
-    coffee (RGB object) and motorcycle (RGB + depth) with the default lite preset (pretrained,
-    offline), adds grass, ihc and chelsea one incremental stage each, and prints the report
-    and the path of the HTML report. About 5 minutes on 2 idle cores. Rerun to resume.
+    Writes the real-photo benchmark to OUT/data, trains a base stage on brick (gray texture)
+    and coffee (RGB object) with the default lite preset (pretrained, offline), adds grass,
+    chelsea and retina (fundus) one incremental stage each, and prints the report and the path
+    of the HTML report. About 5 minutes on 2 idle cores. Rerun to resume.
     """
     from dataclasses import replace
 
