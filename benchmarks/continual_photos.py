@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {
-        "command": "python -m benchmarks.continual_photos" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m benchmarks.continual_photos", *(argv if argv is not None else sys.argv[1:])]),
         "environment": common.finish_environment(env),
         "settings": {**asdict(settings), "quick": args.quick, "jobs": args.jobs},
         "runs": runs,

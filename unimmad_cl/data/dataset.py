@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Hashable, Iterator, Sequence
 
@@ -51,8 +52,75 @@ class Batch:
         }
         return Batch(**moved, samples=self.samples)
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies of the tensors (DataLoader's `pin_memory=True` calls this),
+        so `to(cuda, non_blocking=True)` overlaps the copy with compute."""
+        pinned = {f.name: getattr(self, f.name).pin_memory() for f in fields(self) if f.name != "samples"}
+        return Batch(**pinned, samples=self.samples)
+
     def __len__(self) -> int:
         return len(self.samples)
+
+
+# Decoded-image cache of training loaders (`MultiTaskDataset.enable_image_cache`): default
+# budget per process, overridden by the environment variable UNIMMAD_IMAGE_CACHE_MB (0: off).
+IMAGE_CACHE_MB = 1024
+IMAGE_CACHE_ENV = "UNIMMAD_IMAGE_CACHE_MB"
+
+
+def image_cache_budget_bytes() -> int:
+    """The decoded-image cache budget: UNIMMAD_IMAGE_CACHE_MB if set, else IMAGE_CACHE_MB."""
+    raw = os.environ.get(IMAGE_CACHE_ENV)
+    if raw is None or raw.strip() == "":
+        return IMAGE_CACHE_MB * 2**20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise UserError(f"{IMAGE_CACHE_ENV}={raw!r}: expected a number of megabytes >= 0 (0 turns the image cache off)")
+    return int(mb * 2**20)
+
+
+class DecodedImageCache:
+    """Decoded, resized and normalized samples kept in memory across epochs, up to a byte
+    budget: a training epoch then decodes only what did not fit. Filled first come, never
+    evicted (with random class-balanced draws an evicting cache would keep replacing what the
+    next epoch needs). Keyed by the sample's files, image size and normalization, so the same
+    file in two datasets (a task and a replay buffer) is held once. Cached arrays are never
+    written to: `collate` copies them into each batch. All-zero masks (good samples) are not
+    stored."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.refused = 0  # samples decoded but not kept: the budget was spent
+        self._items: dict[tuple, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @staticmethod
+    def key(sample: Sample, size: int, normalization: Normalization) -> tuple:
+        return (sample.paths, sample.modalities, sample.mask_path, size, tuple(tuple(v) for v in normalization))
+
+    def get(self, key: tuple):
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return item
+
+    def put(self, key: tuple, images, mask) -> None:
+        size = images.nbytes + (mask.nbytes if mask is not None else 0)
+        if self.used_bytes + size > self.budget_bytes:
+            self.refused += 1
+            return
+        self._items[key] = (images, mask)
+        self.used_bytes += size
 
 
 class TaskDataset(Dataset):
@@ -87,13 +155,33 @@ class TaskDataset(Dataset):
         unknown = {s.cls for s in self.samples} - set(self._class_index)
         if unknown:
             raise UserError(f"samples of classes {sorted(unknown)} are not in the class list {self.classes}")
+        # Set by MultiTaskDataset.enable_image_cache (training loaders): decoded samples kept.
+        self.image_cache: DecodedImageCache | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def load(self, index: int):
+        """The sample's images `[K, 3, S, S]` and mask `[S, S]` (numpy float32), from the
+        decoded-image cache when it holds them."""
+        import numpy as np
+
+        sample = self.samples[index]
+        cache = self.image_cache
+        if cache is None:
+            return load_sample(sample, self.image_size, self.normalization)
+        key = cache.key(sample, self.image_size, self.normalization)
+        hit = cache.get(key)
+        if hit is None:
+            images, mask = load_sample(sample, self.image_size, self.normalization)
+            cache.put(key, images, mask if mask.any() else None)
+            return images, mask
+        images, mask = hit
+        return images, mask if mask is not None else np.zeros((self.image_size, self.image_size), dtype=np.float32)
+
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        images, mask = load_sample(sample, self.image_size, self.normalization)
+        images, mask = self.load(index)
         return {
             "images": torch.from_numpy(images),
             "mask": torch.from_numpy(mask),
@@ -141,6 +229,28 @@ class MultiTaskDataset(Dataset):
 
     def class_keys(self) -> list[tuple[int, str]]:
         return [key for d in self.datasets for key in d.class_keys()]
+
+    def enable_image_cache(self, budget_bytes: int) -> DecodedImageCache | None:
+        """Keep decoded samples in memory across epochs (one cache shared by every task
+        dataset, `budget_bytes` in all; 0: off). Enabling again keeps the cache already
+        there. Returns the cache."""
+        if budget_bytes <= 0:
+            for d in self.datasets:
+                d.image_cache = None
+            return None
+        current = {id(d.image_cache): d.image_cache for d in self.datasets}
+        if len(current) == 1:
+            cache = next(iter(current.values()))
+            if cache is not None and cache.budget_bytes == budget_bytes:
+                return cache
+        cache = DecodedImageCache(budget_bytes)
+        for d in self.datasets:
+            d.image_cache = cache
+        return cache
+
+    @property
+    def image_cache(self) -> DecodedImageCache | None:
+        return self.datasets[0].image_cache
 
     def replay_flags(self) -> list[bool]:
         """True for the items that come from replay buffers (they are last)."""

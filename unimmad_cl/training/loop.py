@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from unimmad_cl.config import TrainConfig
-from unimmad_cl.data.dataset import ClassBalancedSampler, MultiTaskDataset, collate
+from unimmad_cl.data.dataset import ClassBalancedSampler, MultiTaskDataset, collate, image_cache_budget_bytes
 from unimmad_cl.training.distributed import SINGLE, Dist, ShardedSampler, all_mean
 
 
@@ -54,15 +54,23 @@ def drop_last(sampler, config: TrainConfig) -> bool:
 
 
 def make_loader(dataset: MultiTaskDataset, config: TrainConfig, d: Dist = SINGLE) -> DataLoader:
-    """Batches of `make_sampler`'s draws."""
+    """Batches of `make_sampler`'s draws. Decoded samples stay in memory across epochs
+    (`MultiTaskDataset.enable_image_cache`: UNIMMAD_IMAGE_CACHE_MB, default 1024 per
+    process), so images are decoded and resized once per stage, not once per epoch. With
+    `num_workers` > 0 the workers persist across epochs (each keeps its own cache: the budget
+    is split among them), and batches are pinned when the device is CUDA."""
+    workers = config.num_workers
+    dataset.enable_image_cache(image_cache_budget_bytes() // max(workers, 1))
     sampler = make_sampler(dataset, config, d)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
         collate_fn=collate,
-        num_workers=config.num_workers,
+        num_workers=workers,
         drop_last=drop_last(sampler, config),
+        persistent_workers=workers > 0,
+        pin_memory=resolve_device(config.device).type == "cuda",
     )
 
 
