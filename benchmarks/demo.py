@@ -3,6 +3,7 @@ the very same data the prior-ceiling baseline and anomalib PatchCore (same weigh
 
     python -m benchmarks.demo              # the default demo (about 5 minutes on 2 idle cores)
     python -m benchmarks.demo --quick      # the --quick demo
+    python -m benchmarks.demo --keep DIR   # and keep the demo's folder (its report, pictures)
 
 Writes benchmarks/results/demo.json: wall time with load average and threads, per task the
 demo model's final I-AUROC / P-AUROC / AUPRO beside the ceiling's and PatchCore's, the final
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.common_args(parser)
     parser.add_argument("--no-peers", action="store_true", help="skip anomalib PatchCore")
+    parser.add_argument("--keep", type=Path, help="also keep the demo's folder (data, workspace, report) here")
     args = parser.parse_args(argv)
     threads = common.set_threads(args.threads)
     from unimmad_cl.demo import QUICK, DemoSettings, run_demo
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         n_train=demo.n_train, n_test=demo.n_test, seed=demo.seed, preset=demo.preset)
         ceiling = run_ceiling(data, same, threads)
         patchcore = {"skipped": "--no-peers"} if args.no_peers else run_peer("patchcore", data, same, threads)
+        if args.keep:
+            shutil.copytree(root / "demo", args.keep, dirs_exist_ok=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     reports = result.reports
