@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import click
 
@@ -96,7 +97,8 @@ class LazyGroup(click.Group):
             click.echo(f"error: {_usage_message(exc)}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            # On a terminal a progress bar may hold the cursor mid-line: start a fresh one.
+            click.echo(("\n" if sys.stderr.isatty() else "") + "interrupted", err=True)
             ctx.exit(130)
 
 
