@@ -151,7 +151,7 @@ def equality(model, train_batch, eval_batch) -> dict:
     feats, maps = {}, {}
     for name in ("before", "after"):
         with _variant(name), torch.no_grad():
-                        f = ev.trunk(eval_batch[0], eval_batch[1])
+            f = ev.trunk(eval_batch[0], eval_batch[1])
             feats[name] = f.general + f.priors
             maps[name] = ev.predict(eval_batch[0], eval_batch[1])
     out["trunk_features_max_rel_diff"] = _max_rel(feats["before"], feats["after"])
