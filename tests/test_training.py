@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from cli import main
 from registry import store
 from unimmad_cl.training import artifacts
-from unimmad_cl.training.stages import Context, model_at_stage
+from unimmad_cl.training.stages import Context, model_at_stage, stage_optimizer
 from unimmad_cl.workspace import Workspace
 
 FAST = ["--preset", "tiny", "--epochs", "2", "--batch-size", "4", "--quiet"]
@@ -248,7 +248,7 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path):
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=collate)
     model.calibrate_random_backbone((b.images, b.modality_mask) for b in loader)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = stage_optimizer(params, 1e-3)
     # One thread like each torchrun worker: Adam turns the ~1e-11 differences of another
     # summation order into sign flips of near-zero gradient entries.
     threads = torch.get_num_threads()
