@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks import common
@@ -29,12 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.common_args(parser)
     parser.add_argument("--no-peers", action="store_true", help="skip anomalib PatchCore")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a DemoSettings field (e.g. base_epochs=16), to size the demo")
     parser.add_argument("--keep", type=Path, help="also keep the demo's folder (data, workspace, report) here")
     args = parser.parse_args(argv)
     threads = common.set_threads(args.threads)
     from unimmad_cl.demo import QUICK, DemoSettings, run_demo
 
     demo = QUICK if args.quick else DemoSettings()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        demo = replace(demo, **{key: type(getattr(demo, key))(value)})
     env = common.environment({"threads_requested": args.threads})
     root = Path(tempfile.mkdtemp(prefix="unimmad-demo-bench-"))
     try:
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return sum(values) / len(values) if values else None
 
     out = {
-        "command": "python -m benchmarks.demo" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m benchmarks.demo", *(argv if argv is not None else sys.argv[1:])]),
         "environment": common.finish_environment(env),
         "load_avg_after_demo": load_after_demo,
         "settings": {k: getattr(demo, k) for k in demo.__dataclass_fields__},

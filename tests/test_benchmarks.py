@@ -33,3 +33,14 @@ def test_suite_runner_lists_every_benchmark_and_rejects_unknown(tmp_path, capsys
     assert suite_main(["--only", "storage", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "storage.json").is_file()
     assert "1/1 benchmarks" in capsys.readouterr().out
+
+
+def test_defect_type_auroc_separates_types_and_finds_an_inverted_one():
+    from benchmarks.defect_types import defect_type_auroc
+
+    labels = ["good"] * 4 + ["stain"] * 2 + ["hole"] * 2
+    scores = [0.2, 0.3, 0.4, 0.5, 0.9, 0.8, 0.1, 0.15]  # stains above every good image, holes below
+    row = defect_type_auroc(labels, scores)
+    assert row["stain"]["auroc"] == 1.0 and abs(row["stain"]["median"] - 0.85) < 1e-12
+    assert row["hole"]["auroc"] == 0.0 and row["hole"]["count"] == 2
+    assert row["all"] == 0.5 and row["good_median"] == 0.35
