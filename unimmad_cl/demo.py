@@ -38,7 +38,7 @@ class DemoSettings:
     tasks: tuple[str, ...] = ("brick", "coffee", "grass", "chelsea", "retina")
     base_tasks: tuple[str, ...] = ("brick", "coffee")
     base_epochs: int = 12
-    incremental_epochs: int = 6
+    incremental_epochs: int = 12
     n_train: int = 40  # training images per task
     n_test: int = 30  # test images per task, half of them defective
     image_size: int = 128

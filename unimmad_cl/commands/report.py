@@ -136,7 +136,7 @@ def predict(obj, task_name, stage_number, out_dir, device, batch_size, quiet, in
 @click.option("--out", "out_dir", default="unimmad-demo", show_default=True, type=click.Path(path_type=Path),
               help="Folder for the demo's data and workspace (new, empty, or an interrupted demo).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Base-stage epochs (default 12; --quick: 1).")
-@click.option("--incremental-epochs", type=click.IntRange(min=1), help="Epochs of each incremental stage (default 6; --quick: 1).")
+@click.option("--incremental-epochs", type=click.IntRange(min=1), help="Epochs of each incremental stage (default 12; --quick: 1).")
 @click.option("--quick", is_flag=True, help="A one-minute version: 2 tasks, 4 train/4 test images, 64 px.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines (steps and the report only).")
