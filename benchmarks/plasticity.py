@@ -5,6 +5,7 @@ several training settings, side by side (BENCHMARKS.md, "Plasticity of increment
         --variant default --variant "no balance:load_balance_weight=0" \\
         --variant "lr 5e-4:load_balance_weight=0,lr=0.0005"
     python -m benchmarks.plasticity --quick
+    python -m benchmarks.plasticity --model num_leaders=16 --variant default   # another base model
 
 A variant is `label:setting=value,...` (TrainConfig overrides of the incremental stages; the
 base stage's settings otherwise). Every variant starts from a copy of the same base workspace
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +40,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return label.strip(), overrides
 
 
-def run(base_tasks, new_tasks, variants, base_epochs, incremental_epochs, n_train, n_test, image_size, seed) -> dict:
+def run(base_tasks, new_tasks, variants, base_epochs, incremental_epochs, n_train, n_test, image_size, seed,
+        model_overrides: dict | None = None) -> dict:
     from registry import store
     from registry.definitions import load_definitions
     from unimmad_cl.config import ModelConfig, TrainConfig
@@ -53,7 +56,7 @@ def run(base_tasks, new_tasks, variants, base_epochs, incremental_epochs, n_trai
         data = root / "data"
         write_photo_benchmark(data, seed, image_size, n_train, n_test, tasks=[*base_tasks, *new_tasks])
         specs = {s.name: s for s in load_definitions(data / "tasks.yaml", data_root=data)}
-        config = ModelConfig.preset("lite").replace(image_size=image_size)
+        config = ModelConfig.preset("lite").replace(image_size=image_size, **(model_overrides or {})).validated()
         train = TrainConfig.preset("lite").with_overrides(epochs=base_epochs, device="cpu", seed=seed)
         base_ws = Workspace.resolve(root / "base")
         started = time.perf_counter()
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="", metavar="FIELD=VALUE,...",
+                        help="ModelConfig overrides of the base stage (e.g. num_leaders=16)")
     args = parser.parse_args(argv)
     if args.quick:
         args.base, args.new, args.base_epochs, args.incremental_epochs = "brick", "coffee", 1, 1
@@ -121,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = common.set_threads(args.threads)
     env = common.environment({"threads_requested": args.threads})
     variants = [parse_variant(v) for v in (args.variant or ["default"])]
+    _, model_overrides = parse_variant(f"model:{args.model}")
     result = run(args.base.split(","), args.new.split(","), variants, args.base_epochs, args.incremental_epochs,
-                 args.train, args.test, args.image_size, args.seed)
-    result.update(command="python -m benchmarks.plasticity", environment=common.finish_environment(env),
+                 args.train, args.test, args.image_size, args.seed, model_overrides)
+    result.update(command=" ".join(["python -m benchmarks.plasticity", *(argv if argv is not None else sys.argv[1:])]), environment=common.finish_environment(env),
                   threads=threads, settings=vars(args) | {"out_dir": str(args.out_dir)})
     print(f"wrote {common.write_result(NAME, result, args.out_dir)}")
     return 0
