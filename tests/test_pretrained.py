@@ -179,5 +179,7 @@ def test_missing_package_is_one_clear_error(monkeypatch):
 
 
 def test_random_weights_still_warn_for_tiny():
-    with pytest.warns(RandomBackboneWarning):
-        build_backbone_pair(ModelConfig.preset("tiny"))
+    with pytest.warns(RandomBackboneWarning) as caught:
+        _, _, provenance = build_backbone_pair(ModelConfig.preset("tiny"))
+    assert provenance.source == "random"
+    assert any("RANDOM weights" in str(w.message) for w in caught)

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Hashable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -164,8 +165,6 @@ class TaskDataset(Dataset):
     def load(self, index: int):
         """The sample's images `[K, 3, S, S]` and mask `[S, S]` (numpy float32), from the
         decoded-image cache when it holds them."""
-        import numpy as np
-
         sample = self.samples[index]
         cache = self.image_cache
         if cache is None:
